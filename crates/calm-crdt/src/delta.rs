@@ -16,13 +16,11 @@ use serde::{Serialize, de::DeserializeOwned};
 /// A join-semilattice with delta mutators.
 ///
 /// Laws every implementation upholds (checked in each type's tests with
-/// [`crate::laws`]):
+/// `crate::laws`):
 /// * `join` is commutative, associative and idempotent;
 /// * `apply_delta(d)` equals `join(d)`;
 /// * `Default::default()` is the bottom element: joining it changes nothing.
-pub trait DeltaCrdt:
-    Clone + Default + PartialEq + Debug + Serialize + DeserializeOwned
-{
+pub trait DeltaCrdt: Clone + Default + PartialEq + Debug + Serialize + DeserializeOwned {
     /// What a reader sees.
     type Value;
 
@@ -74,7 +72,10 @@ pub struct DeltaBuffer<T: DeltaCrdt> {
 impl<T: DeltaCrdt> DeltaBuffer<T> {
     /// An empty buffer.
     pub fn new() -> Self {
-        Self { group: None, mutations: 0 }
+        Self {
+            group: None,
+            mutations: 0,
+        }
     }
 
     /// Adds a delta to the pending group.

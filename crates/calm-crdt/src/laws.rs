@@ -23,20 +23,28 @@ pub fn check_join_laws<T: DeltaCrdt>(a: &T, b: &T, c: &T) -> Result<(), String> 
     let ab = joined(a, b);
     let ba = joined(b, a);
     if ab != ba {
-        return Err(format!("join is not commutative:\n a⊔b = {ab:?}\n b⊔a = {ba:?}"));
+        return Err(format!(
+            "join is not commutative:\n a⊔b = {ab:?}\n b⊔a = {ba:?}"
+        ));
     }
     let ab_c = joined(&ab, c);
     let a_bc = joined(a, &joined(b, c));
     if ab_c != a_bc {
-        return Err(format!("join is not associative:\n (a⊔b)⊔c = {ab_c:?}\n a⊔(b⊔c) = {a_bc:?}"));
+        return Err(format!(
+            "join is not associative:\n (a⊔b)⊔c = {ab_c:?}\n a⊔(b⊔c) = {a_bc:?}"
+        ));
     }
     let aa = joined(a, a);
     if &aa != a {
-        return Err(format!("join is not idempotent:\n a = {a:?}\n a⊔a = {aa:?}"));
+        return Err(format!(
+            "join is not idempotent:\n a = {a:?}\n a⊔a = {aa:?}"
+        ));
     }
     let a_bottom = joined(a, &T::default());
     if &a_bottom != a {
-        return Err(format!("default is not the bottom:\n a = {a:?}\n a⊔⊥ = {a_bottom:?}"));
+        return Err(format!(
+            "default is not the bottom:\n a = {a:?}\n a⊔⊥ = {a_bottom:?}"
+        ));
     }
     Ok(())
 }
@@ -48,11 +56,15 @@ pub fn check_delta_is_join<T: DeltaCrdt>(state: &T, delta: &T) -> Result<(), Str
     applied.apply_delta(delta);
     let merged = joined(state, delta);
     if applied != merged {
-        return Err(format!("apply_delta differs from join:\n applied = {applied:?}\n joined = {merged:?}"));
+        return Err(format!(
+            "apply_delta differs from join:\n applied = {applied:?}\n joined = {merged:?}"
+        ));
     }
     match T::decode(&state.encode()) {
         Ok(decoded) if &decoded == state => Ok(()),
-        Ok(decoded) => Err(format!("encode/decode changed the state: {state:?} -> {decoded:?}")),
+        Ok(decoded) => Err(format!(
+            "encode/decode changed the state: {state:?} -> {decoded:?}"
+        )),
         Err(e) => Err(format!("a valid state failed to decode: {e}")),
     }
 }
@@ -77,7 +89,11 @@ pub struct NetworkFaults {
 
 impl Default for NetworkFaults {
     fn default() -> Self {
-        Self { loss: 0.2, duplication: 0.2, full_state: 0.1 }
+        Self {
+            loss: 0.2,
+            duplication: 0.2,
+            full_state: 0.1,
+        }
     }
 }
 

@@ -78,10 +78,19 @@ mod tests {
         assert_eq!(decode::<u64>(&[]), Err(DecodeError::Empty));
         assert_eq!(
             decode::<u64>(&[9, 1]),
-            Err(DecodeError::UnsupportedVersion { found: 9, supported: FORMAT_VERSION })
+            Err(DecodeError::UnsupportedVersion {
+                found: 9,
+                supported: FORMAT_VERSION
+            })
         );
-        assert!(matches!(decode::<u64>(&[FORMAT_VERSION]), Err(DecodeError::Malformed(_))));
-        assert_eq!(decode::<u8>(&[FORMAT_VERSION, 1, 2]), Err(DecodeError::TrailingBytes(1)));
+        assert!(matches!(
+            decode::<u64>(&[FORMAT_VERSION]),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(
+            decode::<u8>(&[FORMAT_VERSION, 1, 2]),
+            Err(DecodeError::TrailingBytes(1))
+        );
     }
 
     #[test]
