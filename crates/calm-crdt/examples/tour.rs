@@ -69,8 +69,8 @@ fn main() {
         replicas[0].stock.apply_delta(&transfer);
     }
     let setup = replicas[0].stock.clone();
-    for to in 1..nodes.len() {
-        replicas[to].stock.apply_delta(&setup);
+    for replica in &mut replicas[1..] {
+        replica.stock.apply_delta(&setup);
     }
 
     for step in 0..200 {
