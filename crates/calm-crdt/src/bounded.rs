@@ -324,7 +324,6 @@ impl<const LOWER: i64> DeltaCrdt for BoundedCounter<LOWER> {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use proptest::test_runner::RngSeed;
 
     use super::*;
     use crate::laws::{
@@ -333,10 +332,7 @@ mod tests {
 
     /// 1,000 cases from a fixed seed, so that a failure replays exactly.
     fn law_config() -> ProptestConfig {
-        ProptestConfig {
-            rng_seed: RngSeed::Fixed(0x6573_6372),
-            ..ProptestConfig::with_cases(1000)
-        }
+        crate::causal::testkit::config(0x6573_6372)
     }
 
     /// One scripted operation: (replica, kind, amount, transfer target).

@@ -200,7 +200,6 @@ impl DeltaCrdt for PnCounter {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use proptest::test_runner::RngSeed;
     use serde::{Deserialize, Serialize};
 
     use super::*;
@@ -210,10 +209,7 @@ mod tests {
 
     /// 1,000 cases from a fixed seed, so that a failure replays exactly.
     fn law_config() -> ProptestConfig {
-        ProptestConfig {
-            rng_seed: RngSeed::Fixed(0x6c61_7773),
-            ..ProptestConfig::with_cases(1000)
-        }
+        crate::causal::testkit::config(0x6c61_7773)
     }
 
     /// One scripted operation: (replica, is_decrement, amount).

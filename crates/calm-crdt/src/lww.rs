@@ -130,7 +130,6 @@ where
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use proptest::test_runner::RngSeed;
 
     use super::*;
     use crate::laws::{
@@ -139,10 +138,7 @@ mod tests {
 
     /// 1,000 cases from a fixed seed, so that a failure replays exactly.
     fn law_config() -> ProptestConfig {
-        ProptestConfig {
-            rng_seed: RngSeed::Fixed(0x6c77_7772),
-            ..ProptestConfig::with_cases(1000)
-        }
+        crate::causal::testkit::config(0x6c77_7772)
     }
 
     /// One scripted write: (replica, physical ms, logical, value). Narrow

@@ -223,7 +223,6 @@ where
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use proptest::test_runner::RngSeed;
 
     use super::*;
     use crate::laws::{
@@ -232,10 +231,7 @@ mod tests {
 
     /// 1,000 cases from a fixed seed, so that a failure replays exactly.
     fn law_config() -> ProptestConfig {
-        ProptestConfig {
-            rng_seed: RngSeed::Fixed(0x7365_7473),
-            ..ProptestConfig::with_cases(1000)
-        }
+        crate::causal::testkit::config(0x7365_7473)
     }
 
     /// One scripted operation: (replica, is_remove, element). A small element
