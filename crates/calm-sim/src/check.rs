@@ -1,0 +1,167 @@
+//! Checkers: convergence, no acknowledged increment lost, membership
+//! agreement; and `settle`, the run to quiescence they expect first.
+
+use std::fmt::Write as _;
+
+use calm_membership::MemberState;
+use calm_replica::Value;
+
+use crate::sim::{Simulation, node_id};
+
+/// How often `settle` looks for quiescence, in ms of virtual time.
+const SETTLE_STEP_MS: u64 = 100;
+
+/// A broken property, with the seed that replays it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("seed {seed}: {checker} violated: {detail}")]
+pub struct Violation {
+    /// The simulation's seed: rerun with it to replay the failure.
+    pub seed: u64,
+    /// Which checker failed.
+    pub checker: &'static str,
+    /// What it saw.
+    pub detail: String,
+}
+
+impl Simulation {
+    fn violation(&self, checker: &'static str, detail: String) -> Violation {
+        Violation {
+            seed: self.config.seed,
+            checker,
+            detail,
+        }
+    }
+
+    /// Stops the workload and runs until the cluster is quiet or
+    /// `budget_ms` of virtual time have passed: every running node sees
+    /// every other running node alive, no replication message is in flight,
+    /// and no pair of connected nodes has anything left for anti-entropy to
+    /// repair. Returns whether it got quiet; the checkers say what is wrong
+    /// if not. Heal first: a cut link never gets quiet.
+    pub fn settle(&mut self, budget_ms: u64) -> bool {
+        let deadline_ms = self.now_ms().saturating_add(budget_ms);
+        self.stop_workload();
+        loop {
+            if self.check_membership().is_ok()
+                && !self.replica_traffic_pending()
+                && self.differences() == 0
+            {
+                return true;
+            }
+            if self.now_ms() >= deadline_ms {
+                return false;
+            }
+            self.run_for(SETTLE_STEP_MS);
+        }
+    }
+
+    /// Convergence: every natural owner of every workload key is running
+    /// and holds the same value.
+    pub fn check_convergence(&self) -> Result<(), Violation> {
+        for key in self.workload_keys() {
+            let mut values: Vec<(u64, Value)> = Vec::new();
+            for owner in self.owners(&key) {
+                let Some(value) = self.peek(owner, &key) else {
+                    let detail = format!("owner {owner} of {} is down", show(&key));
+                    return Err(self.violation("convergence", detail));
+                };
+                values.push((owner.0, value));
+            }
+            if values.windows(2).any(|w| w[0].1 != w[1].1) {
+                let mut detail = format!("replicas of {} differ:", show(&key));
+                for (node, value) in &values {
+                    let _ = write!(detail, " n{node}={value:?}");
+                }
+                return Err(self.violation("convergence", detail));
+            }
+        }
+        Ok(())
+    }
+
+    /// No acknowledged increment lost (and none invented): for every counter
+    /// key, each running owner's value lies between the sum of acknowledged
+    /// increments and that sum plus the increments never answered.
+    pub fn check_no_lost_increments(&self) -> Result<(), Violation> {
+        let counters = self
+            .workload_keys()
+            .into_iter()
+            .take(self.config.counter_keys);
+        for key in counters {
+            let acked = i128::from(self.ledger.acked(&key));
+            let in_doubt = i128::from(self.ledger.in_doubt(&key));
+            for owner in self.owners(&key) {
+                let value = match self.peek(owner, &key) {
+                    None => continue,
+                    Some(Value::Absent) => 0,
+                    Some(Value::Counter(value)) => value,
+                    Some(other) => {
+                        let detail = format!("{} at {owner} is {other:?}", show(&key));
+                        return Err(self.violation("no lost increment", detail));
+                    }
+                };
+                if value < acked || value > acked + in_doubt {
+                    let detail = format!(
+                        "{} at {owner} is {value}; acknowledged {acked}, in doubt {in_doubt}",
+                        show(&key)
+                    );
+                    return Err(self.violation("no lost increment", detail));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Membership agreement: every running node sees every other running
+    /// node alive, in its current generation.
+    pub fn check_membership(&self) -> Result<(), Violation> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].live.is_some())
+            .collect();
+        for &viewer in &running {
+            let Some(live) = self.nodes[viewer].live.as_ref() else {
+                continue;
+            };
+            let members = live.membership.members();
+            for &subject in running.iter().filter(|&&s| s != viewer) {
+                let Some(identity) = self.nodes[subject]
+                    .live
+                    .as_ref()
+                    .map(|l| l.membership.identity().clone())
+                else {
+                    continue;
+                };
+                let agrees = members
+                    .iter()
+                    .any(|row| row.peer == identity && row.state == MemberState::Alive);
+                if !agrees {
+                    let row = members.iter().find(|r| r.peer.node == identity.node);
+                    let detail = format!(
+                        "{} sees {} (generation {}) as {:?}",
+                        node_id(viewer),
+                        identity.node,
+                        identity.generation,
+                        row.map(|r| (r.state, r.peer.generation))
+                    );
+                    return Err(self.violation("membership agreement", detail));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every checker, in order: membership, convergence, no lost increment.
+    pub fn check_all(&self) -> Result<(), Violation> {
+        self.check_membership()?;
+        self.check_convergence()?;
+        self.check_no_lost_increments()
+    }
+
+    /// Increments acknowledged to clients so far, over every key.
+    pub fn acknowledged_increments(&self) -> u64 {
+        self.ledger.acked_total()
+    }
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
