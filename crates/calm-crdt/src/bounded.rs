@@ -103,6 +103,7 @@ pub enum BoundedCounterError {
 /// stock.apply_delta(&stock.transfer(n1, n2, 4).expect("n1 holds 10"));
 /// stock.apply_delta(&stock.decrement(n2, 3).expect("n2 holds 4"));
 /// assert_eq!((stock.value(), stock.rights(n1), stock.rights(n2)), (7, 6, 1));
+/// assert_eq!(stock.rights_by_node(), [(n1, 6), (n2, 1)].into());
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoundedCounter<const LOWER: i64 = 0> {
@@ -210,6 +211,19 @@ impl<const LOWER: i64> BoundedCounter<LOWER> {
     pub fn rights(&self, node: NodeId) -> u64 {
         let (inflow, outflow) = self.balance(node);
         u64::try_from(inflow.saturating_sub(outflow)).unwrap_or(u64::MAX)
+    }
+
+    /// Every node holding rights in this replica's view, with its rights
+    /// (as [`rights`](Self::rights) reads them), in node order; nodes whose
+    /// rights are spent or given away are left out.
+    pub fn rights_by_node(&self) -> BTreeMap<NodeId, u64> {
+        let receivers = self.rows.values().flat_map(|row| row.transfers.keys());
+        self.rows
+            .keys()
+            .chain(receivers)
+            .map(|&node| (node, self.rights(node)))
+            .filter(|&(_, rights)| rights > 0)
+            .collect()
     }
 
     fn check_rights(&self, node: NodeId, requested: u64) -> Result<(), BoundedCounterError> {

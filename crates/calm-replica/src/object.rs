@@ -201,6 +201,10 @@ pub enum Value {
         value: i128,
         /// The rights the answering node holds: what it may decrement now.
         local_rights: u64,
+        /// Every node's rights as the answering replica sees them (nodes
+        /// without rights left out); tells a client where to ask for a
+        /// transfer when `local_rights` is short.
+        rights: BTreeMap<NodeId, u64>,
     },
 }
 
@@ -272,6 +276,7 @@ impl Object {
             Object::BoundedCounter(b) => Value::BoundedCounter {
                 value: b.value(),
                 local_rights: b.rights(node),
+                rights: b.rights_by_node(),
             },
         }
     }

@@ -28,9 +28,10 @@ fn read(
 /// What replicas may differ in: the bounded counter's rights are per node.
 fn comparable(value: Value) -> Value {
     match value {
-        Value::BoundedCounter { value, .. } => Value::BoundedCounter {
+        Value::BoundedCounter { value, rights, .. } => Value::BoundedCounter {
             value,
             local_rights: 0,
+            rights,
         },
         other => other,
     }
@@ -524,7 +525,8 @@ fn a_bounded_counter_refuses_decrements_beyond_local_rights_until_they_are_trans
         value,
         Some(Value::BoundedCounter {
             value: 7,
-            local_rights: 1
+            local_rights: 1,
+            rights: [(node(0), 6), (node(1), 1)].into(),
         })
     );
 }
