@@ -49,8 +49,9 @@ pub fn check_join_laws<T: DeltaCrdt>(a: &T, b: &T, c: &T) -> Result<(), String> 
     Ok(())
 }
 
-/// Checks that applying `delta` to `state` equals joining it, and that the
-/// state survives an encode/decode round trip.
+/// Checks that applying `delta` to `state` equals joining it, that both
+/// survive an encode/decode round trip, and that a delta decoded from the
+/// wire has the same effect as the original.
 pub fn check_delta_is_join<T: DeltaCrdt>(state: &T, delta: &T) -> Result<(), String> {
     let mut applied = state.clone();
     applied.apply_delta(delta);
@@ -60,12 +61,27 @@ pub fn check_delta_is_join<T: DeltaCrdt>(state: &T, delta: &T) -> Result<(), Str
             "apply_delta differs from join:\n applied = {applied:?}\n joined = {merged:?}"
         ));
     }
-    match T::decode(&state.encode()) {
-        Ok(decoded) if &decoded == state => Ok(()),
+    // Deltas travel on the wire as much as states do, so both must survive
+    // the codec, and the delta must still have its effect after decoding.
+    check_round_trip(state)?;
+    check_round_trip(delta)?;
+    let mut via_wire = state.clone();
+    via_wire.apply_delta(&T::decode(&delta.encode()).map_err(|e| e.to_string())?);
+    if via_wire != merged {
+        return Err(format!(
+            "a delta decoded from the wire has another effect:\n direct = {merged:?}\n via wire = {via_wire:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_round_trip<T: DeltaCrdt>(value: &T) -> Result<(), String> {
+    match T::decode(&value.encode()) {
+        Ok(decoded) if &decoded == value => Ok(()),
         Ok(decoded) => Err(format!(
-            "encode/decode changed the state: {state:?} -> {decoded:?}"
+            "encode/decode changed the value: {value:?} -> {decoded:?}"
         )),
-        Err(e) => Err(format!("a valid state failed to decode: {e}")),
+        Err(e) => Err(format!("a valid value failed to decode: {e}")),
     }
 }
 
