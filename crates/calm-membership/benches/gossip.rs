@@ -164,7 +164,8 @@ impl Sim {
                 Effect::Notify(e) => {
                     self.observe(from, (e.peer.node.0 - 1) as usize, state_code(e.state))
                 }
-                Effect::Local(_) => {}
+                // Nodes here join by node id, never by address alone.
+                Effect::SendToAddress { .. } | Effect::Local(_) => {}
             }
         }
     }

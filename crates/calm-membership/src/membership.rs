@@ -1,6 +1,7 @@
 //! The sans-IO membership core: foca's SWIM plus calm's leave notice, Lifeguard scaling and adaptive probe timeouts.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use calm_types::NodeId;
@@ -94,6 +95,14 @@ pub enum Effect {
         timer: Timer,
         /// Delay from the `now_ms` of the call that produced it.
         after_ms: u64,
+    },
+    /// Send `bytes` to whatever node listens at `addr`: a seed known only by
+    /// its address. Loss is tolerated.
+    SendToAddress {
+        /// The seed's address.
+        addr: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
     },
     /// A member changed state.
     Notify(MemberEvent),
@@ -285,6 +294,29 @@ impl Membership {
         Ok(())
     }
 
+    /// Asks the nodes at `seeds` to let this node in, knowing only their
+    /// addresses: each gets a hello, answers with foca's announce, and the
+    /// join proceeds as with [`join`](Self::join). Repeat until
+    /// [`LocalEvent::Active`]; hellos are idempotent.
+    pub fn join_addresses(&mut self, seeds: &[SocketAddr]) -> Result<(), MembershipError> {
+        self.check_backlog()?;
+        if seeds.len() > self.config.members_max {
+            return Err(MembershipError::TooManySeeds {
+                seeds: seeds.len(),
+                members_max: self.config.members_max,
+            });
+        }
+        let hello = Envelope::Hello(self.foca.identity().clone()).encode();
+        let me = self.foca.identity().addr;
+        for &addr in seeds.iter().filter(|&&addr| addr != me) {
+            self.io.effects.push_back(Effect::SendToAddress {
+                addr,
+                bytes: hello.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Handles one datagram from the network. Garbage is an error, never a panic.
     pub fn handle_data(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), MembershipError> {
         self.check_backlog()?;
@@ -297,6 +329,7 @@ impl Membership {
         match Envelope::decode(bytes)? {
             Envelope::Swim(packet) => self.handle_swim(&packet, now_ms),
             Envelope::Leave(peer) => self.handle_leave(peer, now_ms),
+            Envelope::Hello(peer) => self.handle_hello(peer, now_ms),
         }
     }
 
@@ -399,6 +432,20 @@ impl Membership {
         let result = self
             .foca
             .handle_data(packet, self.io.runtime(&self.config, now_ms));
+        self.refresh();
+        result.map_err(swim)
+    }
+
+    /// Answers a hello with foca's announce, unless it is this node's own,
+    /// or from a node the table cannot take.
+    fn handle_hello(&mut self, peer: Peer, now_ms: u64) -> Result<(), MembershipError> {
+        if peer.node == self.foca.identity().node || self.left_self {
+            return Ok(());
+        }
+        self.check_members_bound(&peer, &[])?;
+        let result = self
+            .foca
+            .announce(peer, self.io.runtime(&self.config, now_ms));
         self.refresh();
         result.map_err(swim)
     }

@@ -24,6 +24,10 @@ pub(crate) enum Envelope {
     /// The sender is leaving on purpose. foca spreads a leave as "down"
     /// like any failure; this notice lets receivers tell the two apart.
     Leave(Peer),
+    /// The sender asks to join through this node, knowing only its
+    /// address: the receiver announces itself to the sender (foca's join),
+    /// which then learns the cluster from the receiver's reply.
+    Hello(Peer),
 }
 
 impl Envelope {

@@ -99,15 +99,10 @@ impl Sim {
     fn drain(&mut self, from: usize) {
         while let Some(effect) = self.nodes[from].poll_effect() {
             match effect {
-                Effect::Send { to, bytes } => {
-                    if self.loss > 0.0 && self.rng.random_bool(self.loss) {
-                        continue;
-                    }
-                    let to = (to.node.0 - 1) as usize;
-                    let latency = self.rng.random_range(1..=5)
-                        + self.extra_latency_ms[from]
-                        + self.extra_latency_ms[to];
-                    self.schedule(self.now_ms + latency, Event::Deliver { to, bytes });
+                Effect::Send { to, bytes } => self.carry(from, (to.node.0 - 1) as usize, bytes),
+                Effect::SendToAddress { addr, bytes } => {
+                    let to = (0..self.nodes.len()).find(|&i| peer(i).addr == addr);
+                    self.carry(from, to.expect("a seed address of the cluster"), bytes);
                 }
                 Effect::SetTimer { timer, after_ms } => {
                     if format!("{timer:?}").starts_with("Timer(ProbeRandomMember") {
@@ -128,6 +123,16 @@ impl Sim {
                     .push(format!("{} n{} {e:?}", self.now_ms, from + 1)),
             }
         }
+    }
+
+    /// Delivers one datagram after a random latency, unless it is lost.
+    fn carry(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+            return;
+        }
+        let latency =
+            self.rng.random_range(1..=5) + self.extra_latency_ms[from] + self.extra_latency_ms[to];
+        self.schedule(self.now_ms + latency, Event::Deliver { to, bytes });
     }
 
     fn step(&mut self) {
@@ -261,6 +266,22 @@ fn five_nodes_joining_through_one_seed_all_see_each_other_alive_with(seed: u64) 
             "nobody had to refute"
         );
     }
+}
+
+#[test]
+fn nodes_that_know_only_a_seed_address_join_through_a_hello() {
+    // Operators list seed addresses, not node ids: a hello makes the seed
+    // announce itself, and foca's join proceeds from there.
+    let mut sim = Sim::new(4, MembershipConfig::default(), 7);
+    for i in 1..4 {
+        sim.nodes[i]
+            .join_addresses(&[peer(0).addr, peer(i).addr])
+            .unwrap();
+        sim.drain(i);
+    }
+    let joined = sim.run_until_or(40 * PERIOD_MS, |s| s.all_alive(&[0, 1, 2, 3]));
+    assert!(joined, "{}", sim.trace.join("\n"));
+    assert!(sim.errors.is_empty(), "{:?}", sim.errors);
 }
 
 #[test]

@@ -481,6 +481,16 @@ impl<S: Storage, P: Placement> Replica<S, P> {
         list.nodes().collect()
     }
 
+    /// How many keys this replica holds.
+    pub fn keys(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// The placement in use.
+    pub fn placement(&self) -> &P {
+        &self.placement
+    }
+
     /// The counters for metrics.
     pub fn stats(&self) -> &ReplicaStats {
         &self.stats

@@ -57,12 +57,14 @@
 mod allocate;
 mod error;
 pub mod hash;
+mod log;
 mod placement;
 mod rendezvous;
 mod ring;
 
 pub use error::PlacementError;
 pub use hash::KeyHash;
+pub use log::{RingEntry, RingLog};
 pub use placement::{Ownership, Placement, PreferenceList, Replica};
 pub use rendezvous::{Rendezvous, RendezvousConfig};
 pub use ring::{NODES_MAX, Ring, RingConfig, RingSnapshot, VNODES_PER_NODE_MAX};

@@ -631,6 +631,11 @@ impl Simulation {
                     };
                     self.schedule(after_ms, event);
                 }
+                Effect::SendToAddress { addr, bytes } => {
+                    if let Some(to) = (0..self.nodes.len()).find(|&i| address(i) == addr) {
+                        self.send(index, to, Channel::Membership, bytes);
+                    }
+                }
                 Effect::Notify(_) | Effect::Local(_) => {}
             }
         }

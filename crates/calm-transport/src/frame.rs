@@ -38,10 +38,14 @@ pub const MESSAGE_OVERHEAD_BYTES_MAX: usize = 1 + 5;
 pub enum Channel {
     /// SWIM datagrams from `calm-membership`.
     Membership,
-    /// Delta and anti-entropy messages from the replication core.
+    /// Delta and state-transfer messages from the replication core.
     Replication,
     /// Raft messages from the coordination core.
     Raft,
+    /// Merkle anti-entropy session messages between two replicas.
+    AntiEntropy,
+    /// The gossiped ring log and node directory.
+    Ring,
 }
 
 /// One message in a batch: a channel tag and bytes opaque to the transport.
@@ -419,7 +423,9 @@ mod tests {
         let channel = prop_oneof![
             Just(Channel::Membership),
             Just(Channel::Replication),
-            Just(Channel::Raft)
+            Just(Channel::Raft),
+            Just(Channel::AntiEntropy),
+            Just(Channel::Ring),
         ];
         let message = (channel, proptest::collection::vec(any::<u8>(), 0..200))
             .prop_map(|(channel, bytes)| Message { channel, bytes });
