@@ -1,0 +1,159 @@
+//! The one path every RPC takes: the common checks of a data request
+//! (level, key, token), the backend call, forwarding when another replica
+//! must answer, the error table, and the request metrics.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use calm_proto::calm::v1::{Level, ResponseHeader};
+use calm_replica::{Operation, Value};
+use tonic::{Request, Response, Status};
+
+use super::error::{code_name, status_of};
+use super::forward::{self, DataRpc, Forwarder};
+use crate::backend::Backend;
+use crate::metrics::{MethodLabels, Metrics, RequestLabels};
+
+/// What every service shares: the node, the metrics, and the channels to
+/// the replicas requests are forwarded to.
+pub(crate) struct Api<B> {
+    pub(crate) backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    forwarder: Forwarder,
+}
+
+impl<B: Backend> Api<B> {
+    pub(crate) fn new(backend: Arc<B>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            backend,
+            metrics,
+            forwarder: Forwarder::default(),
+        }
+    }
+
+    /// Serves one data RPC: after the common checks, `op` turns the request
+    /// into the operation (or refuses it), and `reply` turns the value read
+    /// (`Absent` for a write) and the response header into the response.
+    pub(crate) async fn call<R: DataRpc>(
+        &self,
+        request: Request<R>,
+        op: impl FnOnce(&R) -> Result<Operation, Status> + Send,
+        reply: impl FnOnce(Value, ResponseHeader) -> Result<R::Response, Status> + Send,
+    ) -> Result<Response<R::Response>, Status> {
+        self.measured(R::SERVICE, R::METHOD, self.submit(request, op, reply))
+            .await
+    }
+
+    /// Runs `work` as the RPC `service`/`method`, counting its outcome and
+    /// timing it.
+    pub(crate) async fn measured<T>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = work.await;
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        let labels = RequestLabels {
+            service,
+            method,
+            code: code_name(code),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&MethodLabels { service, method })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn submit<R: DataRpc>(
+        &self,
+        request: Request<R>,
+        op: impl FnOnce(&R) -> Result<Operation, Status>,
+        reply: impl FnOnce(Value, ResponseHeader) -> Result<R::Response, Status>,
+    ) -> Result<Response<R::Response>, Status> {
+        let common = request.get_ref().common();
+        let level = served_level(common.level)?;
+        if common.key.is_empty() {
+            return Err(Status::invalid_argument("the key is empty"));
+        }
+        let key = common.key.to_vec();
+        // An empty token is the proto3 default: the client has none.
+        let token = (!common.causal_token.is_empty()).then(|| common.causal_token.to_vec());
+        let op = op(request.get_ref())?;
+        let node = self.backend.node();
+        let error = match self.backend.submit(key, op, token).await {
+            Ok(ack) => {
+                let header = ResponseHeader {
+                    causal_token: ack.token.encode(),
+                    node_id: node.0,
+                    level: level as i32,
+                };
+                return reply(ack.value.unwrap_or(Value::Absent), header).map(Response::new);
+            }
+            Err(error) => error,
+        };
+        match forward::target(&*self.backend, &error, &request) {
+            Some(target) => {
+                let labels = MethodLabels {
+                    service: R::SERVICE,
+                    method: R::METHOD,
+                };
+                self.metrics.requests_forwarded.get_or_create(&labels).inc();
+                self.forwarder
+                    .forward(target, request.into_inner())
+                    .await
+                    .unwrap_or_else(|| Err(status_of(error, node)))
+            }
+            None => Err(status_of(error, node)),
+        }
+    }
+}
+
+/// The level a request is served at: `LEVEL_LOCAL`, the default of every
+/// CRDT service, is the only one offered so far.
+fn served_level(level: i32) -> Result<Level, Status> {
+    match Level::try_from(level) {
+        Ok(Level::Unspecified | Level::Local) => Ok(Level::Local),
+        Ok(level) => Err(Status::unimplemented(format!(
+            "{} is not offered yet; LEVEL_LOCAL is",
+            level.as_str_name()
+        ))),
+        Err(_) => Err(Status::invalid_argument(format!("unknown level {level}"))),
+    }
+}
+
+/// Refuses a zero amount, which the API defines as bad input rather than a
+/// write that changes nothing.
+pub(crate) fn nonzero(amount: u64, field: &str) -> Result<u64, Status> {
+    match amount {
+        0 => Err(Status::invalid_argument(format!("`{field}` is zero"))),
+        amount => Ok(amount),
+    }
+}
+
+/// The operation adding the signed `by`: an increment or a decrement of its
+/// magnitude, built by `increment` and `decrement`.
+pub(crate) fn signed(
+    by: i64,
+    field: &str,
+    increment: impl FnOnce(u64) -> Operation,
+    decrement: impl FnOnce(u64) -> Operation,
+) -> Result<Operation, Status> {
+    let magnitude = nonzero(by.unsigned_abs(), field)?;
+    Ok(if by > 0 {
+        increment(magnitude)
+    } else {
+        decrement(magnitude)
+    })
+}
+
+/// A counter value as the API's signed 64-bit field.
+pub(crate) fn counter_value(value: i128) -> Result<i64, Status> {
+    i64::try_from(value).map_err(|_| super::error::out_of_range(value))
+}

@@ -1,0 +1,9 @@
+//! The tokio driver of a calm node.
+
+pub mod admin;
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod server;
