@@ -1,0 +1,351 @@
+//! The client commands' command line: the global flags and one subcommand
+//! per service, shaped like etcdctl (`calm counter incr KEY --by 3`).
+
+use std::time::Duration;
+
+use calm_client::Level;
+
+use super::output::Format;
+
+/// Flags every command takes, before or after the subcommand.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Client endpoints, host:port, comma-separated; requests fail over
+    /// from one to the next.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CALM_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+
+    /// Output format: `table` prints bare values and boxed tables, `json`
+    /// one JSON document with the causal token in hex.
+    #[arg(
+        short = 'w',
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value_t = Format::Table
+    )]
+    pub write_out: Format,
+
+    /// Deadline of each request, failover included (e.g. 500ms, 5s, 1m).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_parser = parse_duration,
+        default_value = "5s"
+    )]
+    pub command_timeout: Duration,
+
+    /// The coordination level of data requests; servers answer
+    /// UNIMPLEMENTED for a level they do not offer yet.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value_t = LevelArg::Local
+    )]
+    pub level: LevelArg,
+}
+
+/// `--level`: the coordination levels, as `calm.proto` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LevelArg {
+    /// Durable on the receiving node, replicated asynchronously.
+    Local,
+    /// One replica of the key's preference list.
+    One,
+    /// A majority of the key's replicas.
+    Quorum,
+    /// All of the key's replicas.
+    All,
+    /// Linearizable, through the coordinated keyspace.
+    Linearizable,
+}
+
+impl From<LevelArg> for Level {
+    fn from(level: LevelArg) -> Level {
+        match level {
+            LevelArg::Local => Level::Local,
+            LevelArg::One => Level::One,
+            LevelArg::Quorum => Level::Quorum,
+            LevelArg::All => Level::All,
+            LevelArg::Linearizable => Level::Linearizable,
+        }
+    }
+}
+
+/// The client commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// PN-counters: increments commute, so any node takes them at once.
+    #[command(subcommand)]
+    Counter(CounterCommand),
+    /// Add-wins sets of byte strings.
+    #[command(subcommand)]
+    Set(SetCommand),
+    /// Registers of one value: last writer wins, or multi-value.
+    #[command(subcommand)]
+    Register(RegisterCommand),
+    /// Maps of register, counter and set fields.
+    #[command(subcommand)]
+    Map(MapCommand),
+    /// Bounded counters: never below zero, decrements spend a node's rights.
+    #[command(subcommand, name = "bcounter")]
+    BoundedCounter(BoundedCounterCommand),
+    /// Lists the cluster's members as the answering node sees them.
+    Members,
+    /// Shows the status of every endpoint.
+    Status,
+}
+
+/// `calm counter ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum CounterCommand {
+    /// Adds to a counter (a negative amount subtracts).
+    Incr {
+        /// The key.
+        key: String,
+        /// The amount, not zero; `--by -3` subtracts 3.
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = non_zero_i64)]
+        by: i64,
+    },
+    /// Prints a counter's value (an absent key reads 0).
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+/// `calm set ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum SetCommand {
+    /// Adds a member.
+    Add {
+        /// The key.
+        key: String,
+        /// The member.
+        member: String,
+    },
+    /// Removes a member, as far as the answering node has seen it.
+    #[command(alias = "remove")]
+    Rm {
+        /// The key.
+        key: String,
+        /// The member.
+        member: String,
+    },
+    /// Prints the members, one per line.
+    Members {
+        /// The key.
+        key: String,
+    },
+}
+
+/// `calm register ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum RegisterCommand {
+    /// Writes the value.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Create a multi-value register (concurrent writes are all kept)
+        /// instead of a last-writer-wins one.
+        #[arg(long)]
+        multi: bool,
+    },
+    /// Prints the value; a multi-value register prints every sibling, one
+    /// per line.
+    Get {
+        /// The key.
+        key: String,
+        /// Fail unless the key holds a multi-value register (or nothing).
+        #[arg(long)]
+        multi: bool,
+    },
+}
+
+/// `calm map ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum MapCommand {
+    /// Writes a register field.
+    Set {
+        /// The key.
+        key: String,
+        /// The field.
+        field: String,
+        /// The value.
+        value: String,
+    },
+    /// Adds to a counter field (a negative amount subtracts).
+    Incr {
+        /// The key.
+        key: String,
+        /// The field.
+        field: String,
+        /// The amount, not zero.
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = non_zero_i64)]
+        by: i64,
+    },
+    /// Adds a member to a set field.
+    Add {
+        /// The key.
+        key: String,
+        /// The field.
+        field: String,
+        /// The member.
+        member: String,
+    },
+    /// Removes a member from a set field.
+    RmMember {
+        /// The key.
+        key: String,
+        /// The field.
+        field: String,
+        /// The member.
+        member: String,
+    },
+    /// Removes a field (of every kind).
+    Rm {
+        /// The key.
+        key: String,
+        /// The field.
+        field: String,
+    },
+    /// Prints every field.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+/// `calm bcounter ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum BoundedCounterCommand {
+    /// Adds AMOUNT, creating as many rights at the answering node.
+    Incr {
+        /// The key.
+        key: String,
+        /// The amount, at least 1.
+        #[arg(value_parser = positive_u64)]
+        amount: u64,
+    },
+    /// Subtracts AMOUNT, spending the answering node's rights.
+    Decr {
+        /// The key.
+        key: String,
+        /// The amount, at least 1.
+        #[arg(value_parser = positive_u64)]
+        amount: u64,
+    },
+    /// Moves AMOUNT of the answering node's rights to another node.
+    Transfer {
+        /// The key.
+        key: String,
+        /// The node receiving the rights.
+        #[arg(long = "to", value_name = "NODE")]
+        to_node_id: u64,
+        /// The amount, at least 1.
+        #[arg(value_parser = positive_u64)]
+        amount: u64,
+    },
+    /// Prints the value and the rights each node holds.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+fn non_zero_i64(text: &str) -> Result<i64, String> {
+    match text.parse::<i64>() {
+        Ok(0) => Err("must not be zero".to_owned()),
+        Ok(amount) => Ok(amount),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn positive_u64(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(amount) => Ok(amount),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The most a timeout may be, so `Instant + timeout` cannot overflow.
+const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a duration like Go's (which etcdctl's flags take) for the units
+/// a command timeout needs: `250ms`, `5s`, `1.5s`, `2m`, `1h`. Zero and
+/// more than a day are refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 5s or 500ms"))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let unit_seconds = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    let seconds = number * unit_seconds;
+    if seconds <= 0.0 {
+        return Err("the timeout must be more than zero".to_owned());
+    }
+    if seconds > TIMEOUT_MAX.as_secs_f64() {
+        return Err("the timeout must be at most 24h".to_owned());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_go_style_units() {
+        let check =
+            |text: &str, expected: Result<Duration, &str>| match (parse_duration(text), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{text}: {got}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            };
+        check("5s", Ok(Duration::from_secs(5)));
+        check("250ms", Ok(Duration::from_millis(250)));
+        check("1.5s", Ok(Duration::from_millis(1500)));
+        check("2m", Ok(Duration::from_secs(120)));
+        check("1h", Ok(Duration::from_secs(3600)));
+        check("5", Err("no unit"));
+        check("s", Err("number"));
+        check("1.2.3s", Err("number"));
+        check("5d", Err("unknown unit"));
+        check("0s", Err("more than zero"));
+        check("25h", Err("at most 24h"));
+        check("-1s", Err("number"));
+    }
+
+    #[test]
+    fn amounts_refuse_zero() {
+        assert_eq!(non_zero_i64("-3"), Ok(-3));
+        assert!(non_zero_i64("0").is_err());
+        assert!(non_zero_i64("x").is_err());
+        assert_eq!(positive_u64("7"), Ok(7));
+        assert!(positive_u64("0").is_err());
+        assert!(positive_u64("-1").is_err());
+    }
+}
