@@ -12,14 +12,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Labels of a client request: the gRPC service and method, and the
-/// outcome's gRPC code name (`OK`, `INVALID_ARGUMENT`, ...).
+/// Labels of a client request: the gRPC service and method, the level
+/// asked for, and the outcome's gRPC code name (`OK`, `INVALID_ARGUMENT`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `calm.v1.Counter` and so on.
     pub service: &'static str,
     /// `Increment`, `Get`, ...
     pub method: &'static str,
+    /// `local`, `one`, `quorum`, `all`, `linearizable`, `unknown`, or
+    /// `none` for requests without a level (cluster RPCs).
+    pub level: &'static str,
     /// The gRPC status code name.
     pub code: &'static str,
 }
@@ -31,6 +34,8 @@ pub struct MethodLabels {
     pub service: &'static str,
     /// `Increment`, `Get`, ...
     pub method: &'static str,
+    /// As in [`RequestLabels::level`].
+    pub level: &'static str,
 }
 
 /// A peer channel label.
@@ -77,11 +82,11 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// `calm_requests_total{service,method,code}`.
+    /// `calm_requests_total{service,method,level,code}`.
     pub requests: Family<RequestLabels, Counter>,
-    /// `calm_request_duration_seconds{service,method}`.
+    /// `calm_request_duration_seconds{service,method,level}`.
     pub request_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
-    /// `calm_requests_forwarded_total{service,method}`: requests sent on to
+    /// `calm_requests_forwarded_total{service,method,level}`: requests sent on to
     /// a replica because this node holds none, or had not caught up.
     pub requests_forwarded: Family<MethodLabels, Counter>,
     /// `calm_storage_fsyncs_total`: group-commit syncs.

@@ -41,8 +41,14 @@ impl<B: Backend> Api<B> {
         op: impl FnOnce(&R) -> Result<Operation, Status> + Send,
         reply: impl FnOnce(Value, ResponseHeader) -> Result<R::Response, Status> + Send,
     ) -> Result<Response<R::Response>, Status> {
-        self.measured(R::SERVICE, R::METHOD, self.submit(request, op, reply))
-            .await
+        let level = level_label(request.get_ref().common().level);
+        self.measured(
+            R::SERVICE,
+            R::METHOD,
+            level,
+            self.submit(request, op, reply),
+        )
+        .await
     }
 
     /// Runs `work` as the RPC `service`/`method`, counting its outcome and
@@ -51,6 +57,7 @@ impl<B: Backend> Api<B> {
         &self,
         service: &'static str,
         method: &'static str,
+        level: &'static str,
         work: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let started = Instant::now();
@@ -61,12 +68,18 @@ impl<B: Backend> Api<B> {
         let labels = RequestLabels {
             service,
             method,
+            level,
             code: code_name(code),
         };
         self.metrics.requests.get_or_create(&labels).inc();
+        let labels = MethodLabels {
+            service,
+            method,
+            level,
+        };
         self.metrics
             .request_duration
-            .get_or_create(&MethodLabels { service, method })
+            .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
         result
     }
@@ -103,6 +116,7 @@ impl<B: Backend> Api<B> {
                 let labels = MethodLabels {
                     service: R::SERVICE,
                     method: R::METHOD,
+                    level: level_label(request.get_ref().common().level),
                 };
                 self.metrics.requests_forwarded.get_or_create(&labels).inc();
                 self.forwarder
@@ -112,6 +126,19 @@ impl<B: Backend> Api<B> {
             }
             None => Err(status_of(error, node)),
         }
+    }
+}
+
+/// The metrics label of a request's level; an absent level is the
+/// service's default, `local`.
+fn level_label(level: i32) -> &'static str {
+    match Level::try_from(level) {
+        Ok(Level::Unspecified | Level::Local) => "local",
+        Ok(Level::One) => "one",
+        Ok(Level::Quorum) => "quorum",
+        Ok(Level::All) => "all",
+        Ok(Level::Linearizable) => "linearizable",
+        Err(_) => "unknown",
     }
 }
 

@@ -35,7 +35,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
                 members: members.iter().map(member).collect(),
             }))
         };
-        api.measured(SERVICE, "Members", answer).await
+        api.measured(SERVICE, "Members", "none", answer).await
     }
 
     async fn status(
@@ -44,7 +44,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
     ) -> Result<Response<StatusResponse>, Status> {
         let api = &self.0;
         let answer = async { Ok(Response::new(status(api.backend.status()))) };
-        api.measured(SERVICE, "Status", answer).await
+        api.measured(SERVICE, "Status", "none", answer).await
     }
 }
 

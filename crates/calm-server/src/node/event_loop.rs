@@ -713,11 +713,25 @@ impl Core {
             ("io_error", transport.closed_io_error),
             ("closed_by_peer", transport.closed_by_peer),
         ];
+        let closed_before: u64 = seen.closed.iter().sum();
         for (i, (reason, count)) in closed.into_iter().enumerate() {
             let counter = m.peer_connections_closed.get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             });
             seen.closed[i] = mirror(&counter, seen.closed[i], count);
+        }
+        // The transport counts every close; the log names the latest, so an
+        // operator sees why a peer's connection keeps dropping.
+        if seen.closed.iter().sum::<u64>() > closed_before
+            && let Some(close) = &transport.last_close
+        {
+            tracing::warn!(
+                reason = ?close.reason,
+                remote = %close.remote,
+                peer = ?close.peer,
+                detail = %close.detail,
+                "peer connection closed"
+            );
         }
         for (peer, depth) in &transport.queue_depth_messages {
             let labels = PeerLabels {

@@ -6,7 +6,7 @@
 //! [`NodeHandle`] (the [`Backend`] of the gRPC services), which sends
 //! commands over a bounded channel and reads a view the loop publishes.
 
-mod anti_entropy;
+pub mod anti_entropy;
 mod event_loop;
 pub mod gossip;
 mod meta;

@@ -652,10 +652,9 @@ async fn a_request_for_a_key_held_elsewhere_is_forwarded_to_a_replica() {
     assert_eq!(read.get_ref().value, 4, "the write landed on the replica");
 
     let text = front.metrics.encode();
-    let forwarded =
-        r#"calm_requests_forwarded_total{service="calm.v1.Counter",method="Increment"} 1"#;
+    let forwarded = r#"calm_requests_forwarded_total{service="calm.v1.Counter",method="Increment",level="local"} 1"#;
     assert!(text.contains(forwarded), "{text}");
-    let ok = r#"calm_requests_total{service="calm.v1.Counter",method="Increment",code="OK"} 1"#;
+    let ok = r#"calm_requests_total{service="calm.v1.Counter",method="Increment",level="local",code="OK"} 1"#;
     assert!(text.contains(ok), "{text}");
 }
 
@@ -805,10 +804,10 @@ async fn every_request_is_counted_by_code_and_timed() {
 
     let text = server.metrics.encode();
     for line in [
-        r#"calm_requests_total{service="calm.v1.Counter",method="Increment",code="OK"} 1"#,
-        r#"calm_requests_total{service="calm.v1.Counter",method="Increment",code="INVALID_ARGUMENT"} 1"#,
-        r#"calm_requests_total{service="calm.v1.Cluster",method="Members",code="OK"} 1"#,
-        r#"calm_request_duration_seconds_count{service="calm.v1.Counter",method="Increment"} 2"#,
+        r#"calm_requests_total{service="calm.v1.Counter",method="Increment",level="local",code="OK"} 1"#,
+        r#"calm_requests_total{service="calm.v1.Counter",method="Increment",level="local",code="INVALID_ARGUMENT"} 1"#,
+        r#"calm_requests_total{service="calm.v1.Cluster",method="Members",level="none",code="OK"} 1"#,
+        r#"calm_request_duration_seconds_count{service="calm.v1.Counter",method="Increment",level="local"} 2"#,
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }

@@ -48,16 +48,22 @@ async fn boot(
     seeds: Vec<SocketAddr>,
     peer_listen: SocketAddr,
 ) -> NodeHandle {
+    boot_with(dir, node, seeds, peer_listen, Arc::new(Metrics::new())).await
+}
+
+async fn boot_with(
+    dir: &Path,
+    node: u64,
+    seeds: Vec<SocketAddr>,
+    peer_listen: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> NodeHandle {
     let storage = DiskEngine::open(dir.join(format!("n{node}.redb")), Limits::default()).unwrap();
     let id = node_identity(&storage, Some(node)).unwrap();
     assert_eq!(id, NodeId(node));
-    start(
-        options(node, seeds, peer_listen),
-        storage,
-        Arc::new(Metrics::new()),
-    )
-    .await
-    .unwrap()
+    start(options(node, seeds, peer_listen), storage, metrics)
+        .await
+        .unwrap()
 }
 
 fn any_port() -> SocketAddr {
@@ -172,6 +178,78 @@ async fn a_token_from_one_node_is_honoured_by_another() {
     for node in &nodes {
         node.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_carrying_the_last_token_never_go_back_in_time_across_nodes() {
+    // Session guarantee: monotonic reads. A writer keeps incrementing
+    // through node 1 while a reader alternates between nodes 2 and 3,
+    // always presenting the token of its previous read: no read may return
+    // less than one before it.
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(dir.path()).await;
+    let writer = nodes[0].clone();
+    let writes = tokio::spawn(async move {
+        for _ in 0..200 {
+            writer
+                .submit(b"mono".to_vec(), Operation::Increment(1), None)
+                .await
+                .unwrap();
+        }
+    });
+    let (mut token, mut last, mut reads) = (None, 0, 0);
+    while !writes.is_finished() || reads < 20 {
+        let reader = &nodes[1 + reads % 2];
+        reads += 1;
+        let ack = match reader
+            .submit(b"mono".to_vec(), Operation::Read, token.clone())
+            .await
+        {
+            Ok(ack) => ack,
+            Err(BackendError::Replica(ReplicaError::CatchUpTimeout { .. })) => continue,
+            Err(other) => panic!("unexpected error {other}"),
+        };
+        let value = match ack.value {
+            Some(Value::Counter(value)) => value,
+            _ => 0,
+        };
+        assert!(
+            value >= last,
+            "read {value} after {last}: time went backwards"
+        );
+        last = value;
+        token = Some(ack.token.encode());
+    }
+    writes.await.unwrap();
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_exports_its_replication_and_sync_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let first = boot_with(dir.path(), 1, vec![], any_port(), Arc::clone(&metrics)).await;
+    let second = boot(dir.path(), 2, vec![first.peer_addr()], any_port()).await;
+    for node in [&first, &second] {
+        eventually("both nodes serve", async || sees_all_alive(node, 2)).await;
+    }
+    first
+        .submit(b"m".to_vec(), Operation::Increment(1), None)
+        .await
+        .unwrap();
+    // Core counters are mirrored into the registry once a second.
+    eventually("the metrics show the write's sync and delta", async || {
+        let text = metrics.encode();
+        text.contains(r#"calm_peer_messages_sent_total{channel="replication"}"#)
+            && !text.contains("calm_storage_fsyncs_total 0")
+            && text.contains(r#"calm_membership_members{state="alive"} 2"#)
+            && text.contains("calm_storage_fsync_duration_seconds_count")
+    })
+    .await;
+    first.shutdown().await;
+    second.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
