@@ -440,8 +440,14 @@ impl<S: Storage, P: Placement> Replica<S, P> {
     /// The encoded [`Message::State`] for `key` (its whole object and the
     /// writes it is known to hold), for a peer whose digest differs; the
     /// peer passes it to [`step`](Self::step), which joins it. `None` if the
-    /// key is absent.
+    /// key is absent, or has changes not yet synced: like a delta, a state
+    /// leaves the node only once durable, or a crash could take back what a
+    /// peer already saw (a bounded counter's transferred rights spent twice).
+    /// The driver asks again after the next [`flush`](Self::flush).
     pub fn state_transfer(&mut self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+        if self.dirty.contains(key) {
+            return None;
+        }
         let record = self.objects.get(key)?;
         let frontier = record.applied.token(key).iter().collect();
         let state = StateTransfer {

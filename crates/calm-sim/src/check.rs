@@ -1,11 +1,14 @@
-//! Checkers: convergence, no acknowledged increment lost, membership
+//! Checkers: convergence, no acknowledged increment lost, bounded counters
+//! (never below the bound, none lost, none applied twice), membership
 //! agreement; and `settle`, the run to quiescence they expect first.
 
 use std::fmt::Write as _;
+use std::ops::RangeInclusive;
 
 use calm_membership::MemberState;
 use calm_replica::Value;
 
+use crate::bounded::{self, view_breach};
 use crate::sim::{Simulation, node_id};
 
 /// How often `settle` looks for quiescence, in ms of virtual time.
@@ -65,7 +68,7 @@ impl Simulation {
                     let detail = format!("owner {owner} of {} is down", show(&key));
                     return Err(self.violation("convergence", detail));
                 };
-                values.push((owner.0, value));
+                values.push((owner.0, comparable(value)));
             }
             if values.windows(2).any(|w| w[0].1 != w[1].1) {
                 let mut detail = format!("replicas of {} differ:", show(&key));
@@ -80,15 +83,16 @@ impl Simulation {
 
     /// No acknowledged increment lost (and none invented): for every counter
     /// key, each running owner's value lies between the sum of acknowledged
-    /// increments and that sum plus the increments never answered.
+    /// increments and that sum plus the increments never answered (less the
+    /// acknowledged decrements, and widened by the unanswered ones, for
+    /// decrements [`submit`](Self::submit)ted by a test).
     pub fn check_no_lost_increments(&self) -> Result<(), Violation> {
         let counters = self
             .workload_keys()
             .into_iter()
             .take(self.config.counter_keys);
         for key in counters {
-            let acked = i128::from(self.ledger.acked(&key));
-            let in_doubt = i128::from(self.ledger.in_doubt(&key));
+            let (allowed, told) = self.allowed_values(&key);
             for owner in self.owners(&key) {
                 let value = match self.peek(owner, &key) {
                     None => continue,
@@ -99,12 +103,51 @@ impl Simulation {
                         return Err(self.violation("no lost increment", detail));
                     }
                 };
-                if value < acked || value > acked + in_doubt {
-                    let detail = format!(
-                        "{} at {owner} is {value}; acknowledged {acked}, in doubt {in_doubt}",
-                        show(&key)
-                    );
+                if !allowed.contains(&value) {
+                    let detail = format!("{} at {owner} is {value}; {told}", show(&key));
                     return Err(self.violation("no lost increment", detail));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounded counters, the escrow's promise (Balegas et al., SRDS 2015):
+    ///
+    /// * at every step of the run, no replica's view of a bounded counter
+    ///   read below its bound (0), and each view's value equalled the sum of
+    ///   every node's rights in it (no node's rights overdrawn); the
+    ///   simulator checks each view an event changes, so this reports the
+    ///   first breach, with its time;
+    /// * now, for every bounded key, each running owner's value lies within
+    ///   `acked_up − acked_down − in_doubt_down ..= acked_up + in_doubt_up −
+    ///   acked_down`: no acknowledged increment or decrement lost, none
+    ///   applied twice, only unanswered ones undecided. A refused decrement
+    ///   (the replica answered with an error) counts nowhere, and transfers
+    ///   move rights, never the value.
+    ///
+    /// The end-state half expects a heal and [`settle`](Self::settle) first.
+    pub fn check_bounded_counters(&self) -> Result<(), Violation> {
+        if let Some(breach) = &self.bound_breach {
+            return Err(breach.clone());
+        }
+        for key in self.bounded_keys() {
+            let (allowed, told) = self.allowed_values(&key);
+            for owner in self.owners(&key) {
+                let Some(value) = self.peek(owner, &key) else {
+                    continue;
+                };
+                let at = format!("{} at {owner}", show(&key));
+                if let Some(breach) = view_breach(&value) {
+                    return Err(self.violation(bounded::CHECKER, format!("{at}: {breach}")));
+                }
+                let value = match value {
+                    Value::BoundedCounter { value, .. } => value,
+                    _ => 0,
+                };
+                if !allowed.contains(&value) {
+                    let detail = format!("{at} is {value}; {told}");
+                    return Err(self.violation(bounded::CHECKER, detail));
                 }
             }
         }
@@ -149,16 +192,47 @@ impl Simulation {
         Ok(())
     }
 
-    /// Every checker, in order: membership, convergence, no lost increment.
+    /// Every checker, in order: membership, convergence, no lost increment,
+    /// bounded counters.
     pub fn check_all(&self) -> Result<(), Violation> {
         self.check_membership()?;
         self.check_convergence()?;
-        self.check_no_lost_increments()
+        self.check_no_lost_increments()?;
+        self.check_bounded_counters()
     }
 
     /// Increments acknowledged to clients so far, over every key.
     pub fn acknowledged_increments(&self) -> u64 {
         self.ledger.acked_total()
+    }
+
+    /// The values a counter `key` may hold by what its clients were told:
+    /// acknowledged increments minus acknowledged decrements, widened by
+    /// the unanswered ones, each of which may or may not have landed; and
+    /// that tally in words, for a violation.
+    fn allowed_values(&self, key: &[u8]) -> (RangeInclusive<i128>, String) {
+        let (acked, doubt) = (self.ledger.acked(key), self.ledger.in_doubt(key));
+        let net = i128::from(acked.up) - i128::from(acked.down);
+        let allowed = net - i128::from(doubt.down)..=net + i128::from(doubt.up);
+        let told = format!(
+            "acknowledged +{} -{}, in doubt +{} -{}",
+            acked.up, acked.down, doubt.up, doubt.down
+        );
+        (allowed, told)
+    }
+}
+
+/// What replicas must agree on: a bounded counter's read carries the
+/// answering node's own rights, which differ between converged replicas,
+/// so only the value and the rights of every node are compared.
+fn comparable(value: Value) -> Value {
+    match value {
+        Value::BoundedCounter { value, rights, .. } => Value::BoundedCounter {
+            value,
+            local_rights: 0,
+            rights,
+        },
+        other => other,
     }
 }
 

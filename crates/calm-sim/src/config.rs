@@ -10,7 +10,8 @@ pub const NODES_MAX: usize = 16;
 pub const FAULT_PROBABILITY_MAX: f64 = 0.5;
 /// Longest one-way network delay accepted, in ms.
 pub const DELAY_MAX_MS: u64 = 10_000;
-/// Most keys the workload writes, counters and sets together.
+/// Most keys the workload writes, counters, sets and bounded counters
+/// together.
 pub const WORKLOAD_KEYS_MAX: usize = 1024;
 
 /// What the simulated network does to each message, independently.
@@ -56,9 +57,17 @@ impl NetworkFaults {
 pub enum PlantedBug {
     /// The driver is correct.
     None,
-    /// The client counts an increment as acknowledged when it is submitted,
-    /// before the group commit: a crash then loses an "acknowledged" write.
+    /// The client counts a counter write (an increment, or a bounded
+    /// increment or decrement) as acknowledged when it is submitted, before
+    /// the group commit and before the replica could refuse it: a crash then
+    /// loses an "acknowledged" write, and a refused decrement counts as done.
     AckBeforeFlush,
+    /// The driver runs each bounded decrement outside the replica's escrow:
+    /// it mints the decrement from a copy of the node's counter frozen at the
+    /// node's first decrement of that key, and joins the result into the
+    /// node's replica. Like a node restored from an old backup, it then
+    /// spends rights it has since spent or given away.
+    DecrementFromStaleRights,
 }
 
 /// Everything a [`Simulation`](crate::Simulation) is built from.
@@ -89,6 +98,9 @@ pub struct SimConfig {
     pub counter_keys: usize,
     /// OR-set keys the workload adds to and removes from.
     pub set_keys: usize,
+    /// Bounded-counter keys the workload increments, decrements (within the
+    /// chosen node's rights, or refused) and moves rights of between owners.
+    pub bounded_keys: usize,
     /// The membership cores' settings.
     pub membership: MembershipConfig,
     /// A deliberate driver bug, or [`PlantedBug::None`].
@@ -98,7 +110,8 @@ pub struct SimConfig {
 impl SimConfig {
     /// `nodes` nodes under `seed`: N = 3, a reliable network, flush every
     /// 5 ms, anti-entropy every 200 ms, rejoin every 2 s, a client op every
-    /// 2 ms over 8 counters and 4 sets, membership with 500 ms probes.
+    /// 2 ms over 8 counters, 4 sets and 3 bounded counters, membership with
+    /// 500 ms probes.
     pub fn new(nodes: usize, seed: u64) -> SimConfig {
         let membership = MembershipConfig {
             probe_period_ms: 500,
@@ -118,6 +131,7 @@ impl SimConfig {
             client_period_ms: 2,
             counter_keys: 8,
             set_keys: 4,
+            bounded_keys: 3,
             membership,
             planted_bug: PlantedBug::None,
         }
@@ -143,12 +157,18 @@ impl SimConfig {
             || self.anti_entropy_period_ms == Some(0)
         {
             Err("every period must be at least 1 ms")
-        } else if self.counter_keys + self.set_keys == 0
-            || self.counter_keys + self.set_keys > WORKLOAD_KEYS_MAX
-        {
+        } else if !(1..=WORKLOAD_KEYS_MAX).contains(&self.workload_keys()) {
             Err("the workload needs 1..=WORKLOAD_KEYS_MAX keys")
         } else {
             Ok(())
         }
+    }
+
+    /// Every key the workload writes, of every kind; saturating, so that an
+    /// absurd config fails `validate` instead of overflowing.
+    fn workload_keys(&self) -> usize {
+        self.counter_keys
+            .saturating_add(self.set_keys)
+            .saturating_add(self.bounded_keys)
     }
 }

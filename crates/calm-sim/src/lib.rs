@@ -7,10 +7,24 @@
 //! is their driver: it carries out their effects, runs the group commit
 //! every few ms, and runs Merkle anti-entropy between replica pairs. Nemeses
 //! ([`Simulation::partition`], [`Simulation::block`], [`Simulation::crash`])
-//! break things; checkers ([`Simulation::check_convergence`],
-//! [`Simulation::check_no_lost_increments`], [`Simulation::check_membership`])
-//! say whether the cores survived it, naming the seed that replays a
-//! failure.
+//! break things; checkers say whether the cores survived it, naming the
+//! seed that replays a failure:
+//!
+//! * [`Simulation::check_convergence`]: every owner of a key holds the same
+//!   value;
+//! * [`Simulation::check_no_lost_increments`]: every counter lies between
+//!   its acknowledged increments and those plus the unanswered ones;
+//! * [`Simulation::check_bounded_counters`]: at every step no replica's
+//!   view of a bounded counter is below its bound (0) or overdraws a
+//!   node's rights, and at the end each value is acknowledged increments
+//!   minus acknowledged decrements, within the unanswered ones: none lost,
+//!   none applied twice;
+//! * [`Simulation::check_membership`]: every running node sees every other
+//!   alive.
+//!
+//! The client workload mixes counter increments, OR-set adds and removes,
+//! and bounded-counter increments, decrements (refused beyond the node's
+//! rights) and transfers of rights between a key's owners.
 //!
 //! # A tour
 //!
@@ -33,6 +47,7 @@
 //! assert!(sim.settle(60_000), "quiet after the heal");
 //! sim.check_convergence()?;
 //! sim.check_no_lost_increments()?;
+//! sim.check_bounded_counters()?;
 //! sim.check_membership()?;
 //! assert!(sim.acknowledged_increments() > 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -43,13 +58,15 @@
 //! Everything random comes from [`SimConfig::seed`]; the membership cores'
 //! seeds are drawn from the same RNG. Events due at the same virtual instant
 //! run in the order they were scheduled, and every collection iterated is
-//! ordered. [`Simulation::trace_hash`] folds every delivered message into
-//! one hash, so two runs of one seed can be compared.
+//! ordered. [`Simulation::trace_hash`] folds every delivered message,
+//! client request and reply outcome into one hash, so two runs of one seed
+//! can be compared.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod anti_entropy;
+mod bounded;
 mod check;
 mod config;
 mod ledger;

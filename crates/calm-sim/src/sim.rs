@@ -6,20 +6,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use calm_membership::{Effect, MemberState, Membership, MembershipError, Peer, Timer};
-use calm_replica::{Operation, Output, Replica, ReplicaConfig, Request, RequestId, Value};
+use calm_replica::{
+    Object, ObjectError, Operation, Output, Replica, ReplicaConfig, ReplicaError, Reply, Request,
+    RequestId, Value,
+};
 use calm_ring::{KeyHash, Placement, PlacementError, Ring, RingConfig};
 use calm_storage::{Limits, MemoryEngine, StorageError};
 use calm_types::NodeId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::check::Violation;
 use crate::config::{PlantedBug, SimConfig};
-use crate::ledger::Ledger;
+use crate::ledger::{Change, Ledger};
 
 /// Most distinct elements the workload adds to one OR-set.
 const SET_ELEMENTS_MAX: u8 = 8;
-/// Largest single increment the workload submits.
-const INCREMENT_MAX: u64 = 10;
+/// Largest single increment (and bounded decrement or transfer) the
+/// workload submits.
+pub(crate) const INCREMENT_MAX: u64 = 10;
 
 /// Why a simulation could not be built or a nemesis could not act.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,10 @@ pub enum SimError {
     /// No node has this id. Nothing changed.
     #[error("no node {0}")]
     NoSuchNode(NodeId),
+    /// The node is crashed, so it cannot take a client request. Nothing
+    /// was submitted.
+    #[error("node {0} is down")]
+    NodeDown(NodeId),
 }
 
 /// Which core a message is for.
@@ -124,6 +133,11 @@ pub struct SimStats {
     pub client_ops: u64,
     /// Client operations refused because the chosen node was down.
     pub client_refused: u64,
+    /// Bounded decrements and transfers the replica refused because the
+    /// node held too few rights.
+    pub rights_refused: u64,
+    /// Transfers of bounded-counter rights acknowledged to clients.
+    pub transfers_acknowledged: u64,
     /// Crashes.
     pub crashes: u64,
     /// Unsynced write batches the crashes threw away.
@@ -158,7 +172,7 @@ pub struct SimStats {
 /// [`settle`](Self::settle), and the checkers.
 pub struct Simulation {
     pub(crate) config: SimConfig,
-    rng: StdRng,
+    pub(crate) rng: StdRng,
     now_ms: u64,
     seq: u64,
     /// The event queue, ordered by (due time, scheduling sequence number).
@@ -170,6 +184,12 @@ pub struct Simulation {
     /// Directed links that drop everything: (from, to) as node indexes.
     blocked: BTreeSet<(usize, usize)>,
     pub(crate) ledger: Ledger,
+    /// The first replica view of a bounded counter that broke the bound or
+    /// overdrew a node's rights, kept for `check_bounded_counters`.
+    pub(crate) bound_breach: Option<Violation>,
+    /// The planted `DecrementFromStaleRights` bug's frozen counters, per
+    /// (node index, key).
+    pub(crate) forks: BTreeMap<(usize, Vec<u8>), Object>,
     workload_until_ms: u64,
     next_request: u64,
     trace: u64,
@@ -211,6 +231,8 @@ impl Simulation {
             nodes,
             blocked: BTreeSet::new(),
             ledger: Ledger::default(),
+            bound_breach: None,
+            forks: BTreeMap::new(),
             workload_until_ms: 0,
             next_request: 0,
             trace: 0,
@@ -246,8 +268,10 @@ impl Simulation {
     }
 
     /// Runs for `duration_ms` with clients submitting an operation every
-    /// `client_period_ms`: increments to counter keys and adds or removes to
-    /// OR-set keys, each at a random natural owner of its key.
+    /// `client_period_ms`, each at a random natural owner of a random key:
+    /// increments to counter keys; adds or removes to OR-set keys; and
+    /// increments, decrements (refused beyond the node's rights) and
+    /// transfers of rights to another owner on bounded-counter keys.
     pub fn run_workload(&mut self, duration_ms: u64) {
         self.workload_until_ms = self.now_ms.saturating_add(duration_ms);
         self.schedule(self.config.client_period_ms, Event::Client);
@@ -257,6 +281,19 @@ impl Simulation {
     /// Stops submitting client operations (a running workload ends now).
     pub fn stop_workload(&mut self) {
         self.workload_until_ms = self.now_ms;
+    }
+
+    /// Submits one client request for `key` to `node` now, recorded in the
+    /// clients' ledger like the workload's own (use a key of
+    /// [`workload_keys`](Self::workload_keys) for the checkers to see it).
+    /// Its reply comes as the simulation runs.
+    pub fn submit(&mut self, node: NodeId, key: &[u8], op: Operation) -> Result<(), SimError> {
+        let index = self.index(node)?;
+        if self.nodes[index].live.is_none() {
+            return Err(SimError::NodeDown(node));
+        }
+        self.request(index, key.to_vec(), op);
+        Ok(())
     }
 
     // ---- Nemeses ----
@@ -350,7 +387,9 @@ impl Simulation {
     // ---- Views ----
 
     /// A hash of every delivered message (time, sender, receiver, channel,
-    /// bytes), in delivery order: equal for two runs of one seed.
+    /// bytes), every client request (time, node, key, operation, bounded
+    /// counters' included) and every reply's outcome, in the order they
+    /// happened: equal for two runs of one seed.
     pub fn trace_hash(&self) -> u64 {
         self.trace
     }
@@ -386,11 +425,17 @@ impl Simulation {
         Some(live.replica.storage().pending_batches())
     }
 
-    /// The keys the workload writes: counters `c0..`, then sets `s0..`.
+    /// The keys the workload writes: counters `c0..`, then sets `s0..`,
+    /// then bounded counters `b0..`.
     pub fn workload_keys(&self) -> Vec<Vec<u8>> {
         let counters = (0..self.config.counter_keys).map(|i| format!("c{i}").into_bytes());
         let sets = (0..self.config.set_keys).map(|i| format!("s{i}").into_bytes());
-        counters.chain(sets).collect()
+        counters.chain(sets).chain(self.bounded_keys()).collect()
+    }
+
+    /// The bounded-counter keys the workload writes, `b0..`.
+    pub(crate) fn bounded_keys(&self) -> impl Iterator<Item = Vec<u8>> + use<> {
+        (0..self.config.bounded_keys).map(|i| format!("b{i}").into_bytes())
     }
 
     /// `key`'s natural owners (health ignored).
@@ -463,6 +508,8 @@ impl Simulation {
         let rejoin = Event::Rejoin { node: index, epoch };
         self.schedule_jittered(self.config.rejoin_period_ms, rejoin);
         self.drain(index);
+        // The replica reloaded its state from disk: a new view to check.
+        self.check_bounds_at(index);
         Ok(())
     }
 
@@ -539,6 +586,9 @@ impl Simulation {
         self.stats.messages_delivered += 1;
         self.record(from, to, channel, bytes);
         self.drain(to);
+        if channel == Channel::Replica {
+            self.check_bounds_at(to);
+        }
     }
 
     /// Folds one delivery into the trace hash.
@@ -549,7 +599,31 @@ impl Simulation {
         head.extend_from_slice(&(to as u64).to_be_bytes());
         head.push(channel as u8);
         head.extend_from_slice(bytes);
-        self.trace = xxhash_rust::xxh3::xxh3_64_with_seed(&head, self.trace);
+        self.fold_trace(&head);
+    }
+
+    /// Folds one client request into the trace hash.
+    fn record_request(&mut self, index: usize, key: &[u8], op: &Operation) {
+        let mut head = Vec::with_capacity(32 + key.len());
+        head.extend_from_slice(&self.now_ms.to_be_bytes());
+        head.extend_from_slice(&(index as u64).to_be_bytes());
+        head.extend_from_slice(&(key.len() as u64).to_be_bytes());
+        head.extend_from_slice(key);
+        head.extend_from_slice(&calm_types::codec::encode(op));
+        self.fold_trace(&head);
+    }
+
+    /// Folds one reply's outcome into the trace hash: acknowledged or not.
+    fn record_reply(&mut self, reply: &Reply) {
+        let mut head = Vec::with_capacity(17);
+        head.extend_from_slice(&self.now_ms.to_be_bytes());
+        head.extend_from_slice(&reply.id.0.to_be_bytes());
+        head.push(u8::from(reply.result.is_ok()));
+        self.fold_trace(&head);
+    }
+
+    fn fold_trace(&mut self, bytes: &[u8]) {
+        self.trace = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.trace);
     }
 
     /// The group commit, then shipping of the synced deltas.
@@ -593,7 +667,7 @@ impl Simulation {
     }
 
     /// Carries out everything node `index`'s cores asked for.
-    fn drain(&mut self, index: usize) {
+    pub(crate) fn drain(&mut self, index: usize) {
         let Some(live) = self.nodes[index].live.as_mut() else {
             return;
         };
@@ -641,12 +715,24 @@ impl Simulation {
         }
         for output in outputs {
             match output {
-                Output::Reply(reply) => self.ledger.replied(&reply),
+                Output::Reply(reply) => self.client_hears(&reply),
                 Output::Send { to, message } => {
                     let to = (to.0 as usize).wrapping_sub(1);
                     self.send(index, to, Channel::Replica, message);
                 }
             }
+        }
+    }
+
+    /// A reply reaches its client: the ledger, the trace and the counters
+    /// learn its outcome.
+    fn client_hears(&mut self, reply: &Reply) {
+        self.record_reply(reply);
+        if let Err(ReplicaError::Object(ObjectError::InsufficientRights { .. })) = &reply.result {
+            self.stats.rights_refused += 1;
+        }
+        if self.ledger.replied(reply) == Some(Change::Transfer) {
+            self.stats.transfers_acknowledged += 1;
         }
     }
 
@@ -714,25 +800,31 @@ impl Simulation {
 
     /// One client operation at a random natural owner of a random key.
     fn client_op(&mut self) {
-        let keys = self.config.counter_keys + self.config.set_keys;
-        let pick = self.rng.random_range(0..keys);
-        let counter = pick < self.config.counter_keys;
-        let key = if counter {
-            format!("c{pick}").into_bytes()
+        let (counters, sets) = (self.config.counter_keys, self.config.set_keys);
+        let pick = self
+            .rng
+            .random_range(0..counters + sets + self.config.bounded_keys);
+        let key = if pick < counters {
+            format!("c{pick}")
+        } else if pick < counters + sets {
+            format!("s{}", pick - counters)
         } else {
-            format!("s{}", pick - self.config.counter_keys).into_bytes()
-        };
+            format!("b{}", pick - counters - sets)
+        }
+        .into_bytes();
         let owners = self.owners(&key);
         let target = owners[self.rng.random_range(0..owners.len())];
-        let op = if counter {
+        let op = if pick < counters {
             Operation::Increment(self.rng.random_range(1..=INCREMENT_MAX))
-        } else {
+        } else if pick < counters + sets {
             let element = vec![self.rng.random_range(0..SET_ELEMENTS_MAX)];
             if self.rng.random_bool(0.7) {
                 Operation::SetAdd(element)
             } else {
                 Operation::SetRemove(element)
             }
+        } else {
+            self.bounded_op(target, &owners)
         };
         // Invariant: owners come from the ring of this simulation's nodes.
         let index = (target.0 as usize) - 1;
@@ -740,14 +832,41 @@ impl Simulation {
             self.stats.client_refused += 1;
             return;
         }
+        self.request(index, key, op);
+    }
+
+    /// Submits `op` on `key` to the running node `index`, records it in the
+    /// ledger (or, under a planted bug, acknowledges it at once), and
+    /// checks the node's bounded counters afterwards.
+    fn request(&mut self, index: usize, key: Vec<u8>, op: Operation) {
         self.stats.client_ops += 1;
         self.next_request += 1;
         let id = RequestId(self.next_request);
-        if let Operation::Increment(amount) = op {
-            match self.config.planted_bug {
-                PlantedBug::AckBeforeFlush => self.ledger.acknowledge_at_once(key.clone(), amount),
-                PlantedBug::None => self.ledger.submitted(id, key.clone(), amount),
+        self.record_request(index, &key, &op);
+        let change = match op {
+            Operation::Increment(amount) | Operation::BoundedIncrement(amount) => {
+                Some(Change::Up(amount))
             }
+            Operation::Decrement(amount) | Operation::BoundedDecrement(amount) => {
+                Some(Change::Down(amount))
+            }
+            Operation::BoundedTransfer { .. } => Some(Change::Transfer),
+            _ => None,
+        };
+        let bug = self.config.planted_bug;
+        if let (PlantedBug::DecrementFromStaleRights, Operation::BoundedDecrement(amount)) =
+            (bug, &op)
+        {
+            self.decrement_from_stale_rights(index, key, *amount);
+            self.check_bounds_at(index);
+            return;
+        }
+        match (bug, change) {
+            (_, None) => {}
+            (PlantedBug::AckBeforeFlush, Some(change @ (Change::Up(_) | Change::Down(_)))) => {
+                self.ledger.acknowledge_at_once(key.clone(), change);
+            }
+            (_, Some(change)) => self.ledger.submitted(id, key.clone(), change),
         }
         let request = Request {
             id,
@@ -760,5 +879,6 @@ impl Simulation {
             live.replica.submit(request, now);
         }
         self.drain(index);
+        self.check_bounds_at(index);
     }
 }

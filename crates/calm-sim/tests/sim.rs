@@ -1,7 +1,15 @@
 //! Whole-cluster runs under the simulator: convergence under each fault,
-//! crash safety of acknowledged increments, replay of a seed, and planted
-//! violations that the checkers must catch.
+//! crash safety of acknowledged increments, bounded counters that never
+//! read below zero, replay of a seed, and planted violations that the
+//! checkers must catch.
+//!
+//! `many_seeds` runs `CALM_SIM_SEEDS` seeds (200 unless set) from
+//! `CALM_SIM_SEED_START` (0 unless set); `one_seed` replays
+//! `CALM_SIM_SEED` (0 unless set), the command a failing seed prints.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use calm_replica::Operation;
 use calm_sim::{NetworkFaults, PlantedBug, SimConfig, Simulation, Violation};
 use calm_types::NodeId;
 use rand::rngs::StdRng;
@@ -11,8 +19,9 @@ use rand::{RngExt, SeedableRng};
 const WARM_UP_MS: u64 = 3_000;
 /// Virtual time `settle` may take after a heal.
 const SETTLE_BUDGET_MS: u64 = 60_000;
-/// Seeds the `seeds` test runs unless `CALM_SIM_SEEDS` says otherwise.
-const CI_SEEDS: u64 = 50;
+/// Seeds `many_seeds` runs unless `CALM_SIM_SEEDS` says otherwise: CI's
+/// budget (about 40 s on two cores in the test profile).
+const CI_SEEDS: u64 = 200;
 
 fn build(config: SimConfig) -> Simulation {
     let mut sim = Simulation::new(config).expect("a valid config");
@@ -141,6 +150,32 @@ fn a_crash_losing_unsynced_writes_loses_no_acknowledged_increment() {
     assert!(stats.unsynced_batches_lost > 0, "{stats:?}");
 }
 
+#[test]
+fn bounded_counters_hold_their_bound_through_a_partition_and_a_crash() {
+    // Escrow keeps "never below zero" without coordination (Balegas et al.
+    // 2015): each side of a partition spends only the rights it holds, and
+    // a crash loses only decrements no client was told about.
+    let mut config = SimConfig::new(4, 14);
+    config.faults = NetworkFaults::LOSSY;
+    (config.counter_keys, config.set_keys, config.bounded_keys) = (1, 1, 6);
+    let mut sim = build(config);
+    sim.partition(&[&[NodeId(1), NodeId(2)], &[NodeId(3), NodeId(4)]])
+        .unwrap();
+    sim.run_workload(3_000);
+    sim.heal();
+    crash_with_unsynced_writes(&mut sim, NodeId(2));
+    sim.run_workload(2_000);
+    sim.restart(NodeId(2)).unwrap();
+    sim.run_workload(500);
+    settle_and_check(&mut sim);
+    let stats = sim.stats();
+    assert!(
+        stats.rights_refused > 0 && stats.transfers_acknowledged > 0,
+        "{stats:?}"
+    );
+    assert!(stats.unsynced_batches_lost > 0, "{stats:?}");
+}
+
 /// A mixed run under `seed`: network faults, a partition, a one-way block,
 /// and a crash and restart, then a heal and the checkers.
 fn chaos(seed: u64) -> Result<Simulation, Violation> {
@@ -183,39 +218,104 @@ fn chaos(seed: u64) -> Result<Simulation, Violation> {
     Ok(sim)
 }
 
-#[test]
-fn fifty_seeds_of_mixed_faults_keep_every_checker_green() {
-    let seeds = std::env::var("CALM_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CI_SEEDS);
-    let mut acked = 0;
-    for seed in 0..seeds {
-        match chaos(seed) {
-            Ok(sim) => acked += sim.acknowledged_increments(),
-            Err(violation) => panic!("{violation}; replay with this seed"),
-        }
+/// The number in environment variable `name`, or `default` if it is unset.
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
     }
-    assert!(acked > 0);
+}
+
+/// The command that replays `seed` alone, printed with every failure.
+fn replay_line(seed: u64) -> String {
+    format!(
+        "replay: CALM_SIM_SEED={seed} cargo test -p calm-sim --test sim one_seed -- --nocapture"
+    )
+}
+
+/// `chaos(seed)`, with a panic inside the simulation turned into an error
+/// too, so that the caller can name the seed either way.
+fn chaos_caught(seed: u64) -> Result<Simulation, String> {
+    match catch_unwind(AssertUnwindSafe(|| chaos(seed))) {
+        Ok(Ok(sim)) => Ok(sim),
+        Ok(Err(violation)) => Err(violation.to_string()),
+        Err(_) => Err(format!(
+            "seed {seed}: the simulation panicked (message above)"
+        )),
+    }
 }
 
 #[test]
-fn one_seed_replays_the_identical_trace_and_another_seed_does_not() {
+fn many_seeds_of_mixed_faults_keep_every_checker_green() {
+    let start = env_number("CALM_SIM_SEED_START", 0);
+    let count = env_number("CALM_SIM_SEEDS", CI_SEEDS);
+    let (mut acked, mut refused, mut transfers) = (0, 0, 0);
+    for seed in start..start.saturating_add(count) {
+        match chaos_caught(seed) {
+            Ok(sim) => {
+                acked += sim.acknowledged_increments();
+                refused += sim.stats().rights_refused;
+                transfers += sim.stats().transfers_acknowledged;
+            }
+            // Stops at the first failing seed: its replay line is the one
+            // to run.
+            Err(failure) => panic!("{failure}\n{}", replay_line(seed)),
+        }
+    }
+    println!("seeds {start}..{} green", start.saturating_add(count));
+    if count > 0 {
+        // The workload reached every part of the escrow it checks.
+        assert!(acked > 0 && refused > 0 && transfers > 0);
+    }
+}
+
+#[test]
+fn one_seed_named_by_calm_sim_seed_keeps_every_checker_green() {
+    let seed = env_number("CALM_SIM_SEED", 0);
+    let sim =
+        chaos_caught(seed).unwrap_or_else(|failure| panic!("{failure}\n{}", replay_line(seed)));
+    println!(
+        "seed {seed}: green; trace {:#018x}; {:?}",
+        sim.trace_hash(),
+        sim.stats()
+    );
+    assert!(sim.acknowledged_increments() > 0, "{:?}", sim.stats());
+}
+
+#[test]
+fn a_seed_replays_its_identical_trace_and_another_seed_does_not() {
     // The simulator's promise (as in FoundationDB's and TigerBeetle's): a
-    // seed names one run, so any failure replays.
+    // seed names one run, so any failure replays. The trace covers every
+    // delivery, client request and reply, bounded-counter escrow included.
     let run = |seed| chaos(seed).map(|sim| (sim.trace_hash(), sim.stats().clone()));
     let (first, second) = (run(7).unwrap(), run(7).unwrap());
     assert_eq!(first, second);
-    assert!(first.1.messages_delivered > 1_000, "{:?}", first.1);
+    let stats = &first.1;
+    assert!(stats.messages_delivered > 1_000, "{stats:?}");
+    assert!(
+        stats.rights_refused > 0 && stats.transfers_acknowledged > 0,
+        "{stats:?}"
+    );
     assert_ne!(run(8).unwrap().0, first.0);
 }
 
 #[test]
 fn a_driver_acknowledging_before_the_group_commit_is_caught_losing_an_increment() {
     let mut config = SimConfig::new(3, 9);
+    // Counters only, so that the crash surely loses an increment.
+    (config.set_keys, config.bounded_keys) = (0, 0);
     config.planted_bug = PlantedBug::AckBeforeFlush;
     let mut sim = build(config);
     sim.run_workload(500);
+    sim.stop_workload();
+    // The planted driver acknowledges this increment at once; the crash
+    // comes before the group commit could sync it.
+    let key = sim.workload_keys()[0].clone();
+    sim.submit(NodeId(1), &key, Operation::Increment(1))
+        .unwrap();
     crash_with_unsynced_writes(&mut sim, NodeId(1));
     sim.restart(NodeId(1)).unwrap();
     sim.settle(SETTLE_BUDGET_MS);
@@ -226,6 +326,67 @@ fn a_driver_acknowledging_before_the_group_commit_is_caught_losing_an_increment(
         (9, "no lost increment")
     );
     assert!(violation.to_string().starts_with("seed 9: "), "{violation}");
+}
+
+#[test]
+fn a_driver_acknowledging_before_the_replica_answers_is_caught_miscounting_a_bounded_counter() {
+    // The client counts refused decrements as done, so the replicas'
+    // common value lies above acknowledged increments minus decrements.
+    let mut config = SimConfig::new(3, 12);
+    (config.counter_keys, config.set_keys) = (0, 0);
+    config.planted_bug = PlantedBug::AckBeforeFlush;
+    let mut sim = build(config);
+    sim.run_workload(1_000);
+    assert!(sim.settle(SETTLE_BUDGET_MS));
+    sim.check_convergence().unwrap();
+    assert!(sim.stats().rights_refused > 0, "{:?}", sim.stats());
+    let violation = sim.check_bounded_counters().unwrap_err();
+    assert_eq!((violation.seed, violation.checker), (12, "bounded counter"));
+    assert!(violation.detail.contains("acknowledged"), "{violation}");
+}
+
+#[test]
+fn a_driver_spending_rights_from_a_stale_view_is_caught_below_the_bound() {
+    // Escrow (Balegas et al. 2015) is safe only while each node spends
+    // from an up-to-date view of its own rights. The planted driver mints
+    // the giver's decrements from its counter as frozen at its first
+    // decrement, so the rights it gave the taker (who spent them) are
+    // spent a second time.
+    let mut config = SimConfig::new(3, 13);
+    config.planted_bug = PlantedBug::DecrementFromStaleRights;
+    let mut sim = build(config);
+    let key = b"b0";
+    let [giver, taker, ..] = sim.owners(key)[..] else {
+        panic!("three owners")
+    };
+    let give = Operation::BoundedTransfer {
+        to: taker,
+        amount: 9,
+    };
+    let steps = [
+        (giver, Operation::BoundedIncrement(10)),
+        // Freezes the giver's view, holding 10 rights.
+        (giver, Operation::BoundedDecrement(1)),
+        (giver, give),
+        (taker, Operation::BoundedDecrement(9)),
+    ];
+    for (node, op) in steps {
+        sim.submit(node, key, op).unwrap();
+        sim.run_for(1_000);
+    }
+    assert_eq!(sim.stats().transfers_acknowledged, 1);
+    sim.check_bounded_counters().unwrap(); // value 0, no rights left
+    // The stale view still shows 9 rights at the giver.
+    sim.submit(giver, key, Operation::BoundedDecrement(9))
+        .unwrap();
+    let violation = sim.check_bounded_counters().unwrap_err();
+    assert_eq!((violation.seed, violation.checker), (13, "bounded counter"));
+    let at = format!("b0 at {giver}: value -9 is below the bound 0");
+    assert!(violation.detail.ends_with(&at), "{violation}");
+    // The breach stays reported after the cluster settles, though the other
+    // replicas refuse the overdrawn state and keep their own.
+    sim.settle(SETTLE_BUDGET_MS);
+    assert_eq!(sim.check_bounded_counters().unwrap_err(), violation);
 }
 
 #[test]
@@ -254,16 +415,52 @@ fn a_partition_left_in_place_is_caught_by_the_membership_checker() {
 
 #[test]
 fn configs_breaking_a_bound_are_refused() {
-    let broken: [fn(&mut SimConfig); 5] = [
+    let broken: [fn(&mut SimConfig); 7] = [
         |c| c.nodes = 0,
         |c| c.faults.loss = 0.9,
         |c| c.faults.delay_min_ms = 0,
         |c| c.anti_entropy_period_ms = Some(0),
         |c| c.counter_keys = 100_000,
+        |c| c.bounded_keys = usize::MAX,
+        |c| (c.counter_keys, c.set_keys, c.bounded_keys) = (0, 0, 0),
     ];
     for breaks in broken {
         let mut config = SimConfig::new(3, 0);
         breaks(&mut config);
         assert!(Simulation::new(config).is_err());
     }
+}
+
+#[test]
+fn rights_transferred_but_unsynced_are_not_shipped_then_lost_in_a_crash() {
+    // Regression: anti-entropy shipped a replica's unsynced state. Node a
+    // transfers 10 rights to b without syncing; if that state reached b and
+    // a then crashed, both would spend the same 10 and the counter would
+    // end at -10. A state now leaves a node only once it is synced.
+    let mut config = SimConfig::new(3, 1);
+    config.flush_period_ms = 2_000;
+    config.anti_entropy_period_ms = Some(20);
+    let mut sim = Simulation::new(config).unwrap();
+    sim.run_for(3_000);
+    let key = b"b0";
+    let [a, b, ..] = sim.owners(key)[..] else {
+        panic!("three owners")
+    };
+    sim.submit(a, key, Operation::BoundedIncrement(10)).unwrap();
+    sim.run_for(4_100);
+    sim.submit(a, key, Operation::BoundedTransfer { to: b, amount: 10 })
+        .unwrap();
+    // Anti-entropy runs many rounds while the transfer is still unsynced.
+    sim.run_for(500);
+    assert_ne!(
+        sim.unsynced_batches(a),
+        Some(0),
+        "the transfer is not synced yet"
+    );
+    sim.crash(a).unwrap();
+    sim.submit(b, key, Operation::BoundedDecrement(10)).unwrap();
+    sim.restart(a).unwrap();
+    sim.submit(a, key, Operation::BoundedDecrement(10)).unwrap();
+    sim.run_for(5_000);
+    sim.check_bounded_counters().unwrap();
 }

@@ -789,3 +789,26 @@ fn the_hlc_resumes_above_stored_stamps_after_a_restart() {
         Value::Register(Some(b"after".to_vec()))
     );
 }
+
+#[test]
+fn a_state_leaves_the_node_only_once_it_is_synced() {
+    // Durability before anything leaves: a crash must not take back a state
+    // a peer already joined (for a bounded counter, transferred rights would
+    // be spent twice).
+    let mut cluster = Cluster::with_config(2, 11, Faults::default(), |n| ReplicaConfig {
+        replication_factor: 2,
+        ..ReplicaConfig::new(n)
+    });
+    let key = [7u8];
+    cluster.submit(0, &key, Operation::Increment(3), None);
+    let now = cluster.now_ms;
+    assert_eq!(cluster.replica(0).peek(&key), Value::Counter(3));
+    assert_eq!(
+        cluster.replica(0).state_transfer(&key, now),
+        None,
+        "unsynced"
+    );
+    cluster.flush(0);
+    let state = cluster.replica(0).state_transfer(&key, now);
+    assert!(state.is_some(), "synced states ship");
+}

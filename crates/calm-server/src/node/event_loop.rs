@@ -97,6 +97,9 @@ pub(super) struct Core {
     pending: HashMap<RequestId, oneshot::Sender<Result<calm_replica::Ack, BackendError>>>,
     next_request: u64,
     writes_this_turn: usize,
+    /// Keys anti-entropy found differing, to ship to the peer after the
+    /// turn's sync.
+    repairs: Vec<(NodeId, Vec<u8>)>,
     started: Instant,
     clock: SystemClock,
     rng: StdRng,
@@ -153,6 +156,7 @@ impl Core {
             pending: HashMap::new(),
             next_request: 0,
             writes_this_turn: 0,
+            repairs: Vec::new(),
             started: Instant::now(),
             clock: SystemClock,
             rng: StdRng::seed_from_u64(seed),
@@ -348,6 +352,21 @@ impl Core {
         }
         self.replica.tick(self.clock.now_ms());
         self.route_replica_outputs();
+        self.ship_repairs();
+    }
+
+    /// Ships the states anti-entropy found differing, now that the turn's
+    /// writes are synced.
+    fn ship_repairs(&mut self) {
+        for (peer, key) in std::mem::take(&mut self.repairs) {
+            let Some(state) = self.replica.state_transfer(&key, self.clock.now_ms()) else {
+                continue;
+            };
+            if let Some(addr) = self.peer_addr(peer) {
+                self.metrics.anti_entropy_keys_repaired.inc();
+                self.send(peer, addr, Channel::Replication, state);
+            }
+        }
     }
 
     async fn finish(mut self) {
@@ -581,15 +600,9 @@ impl Core {
                 self.send(peer, addr, Channel::AntiEntropy, frame.encode());
             }
         }
-        for (peer, key) in effects.ship {
-            let Some(state) = self.replica.state_transfer(&key, self.clock.now_ms()) else {
-                continue;
-            };
-            if let Some(addr) = self.peer_addr(peer) {
-                self.metrics.anti_entropy_keys_repaired.inc();
-                self.send(peer, addr, Channel::Replication, state);
-            }
-        }
+        // States ship after this turn's sync (see `commit`): a state must be
+        // durable before it leaves, and the replica refuses unsynced ones.
+        self.repairs.extend(effects.ship);
         for ended in effects.ended {
             self.metrics.anti_entropy_bytes.inc_by(ended.bytes);
             self.metrics
