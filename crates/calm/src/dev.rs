@@ -17,7 +17,7 @@ use std::time::Duration;
 use calm_client::{Client, ClientConfig};
 use tokio::process::{Child, Command};
 
-use crate::node::terminated;
+use crate::node::{multi_thread_runtime, terminated};
 
 /// How long the nodes get to form the cluster before `calm dev` gives up.
 const FORMATION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,15 +56,8 @@ struct DevNode {
 
 /// Runs the cluster until Ctrl-C or SIGTERM.
 pub fn run(command: DevCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("Error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = multi_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(dev(command)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! The `calm` binary: `calm node` runs a server, `calm dev` a local
 //! cluster, and the client commands (`calm counter`, `calm set`,
 //! `calm register`, `calm map`, `calm bcounter`, `calm members`,
-//! `calm status`) talk to a cluster through `calm-client`, like etcdctl.
+//! `calm status`) talk to a cluster through `calm-client`, like etcdctl;
+//! `calm bench` (in `calm-bench`) loads one.
 
 mod cli;
 mod dev;
@@ -34,6 +35,8 @@ enum Command {
     Dev(dev::DevCommand),
     #[command(flatten)]
     Client(cli::ClientCommand),
+    // Its help, long and short, is `BenchArgs`' own documentation.
+    Bench(calm_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,18 @@ fn main() -> ExitCode {
         Command::Node(command) => node::run(command),
         Command::Dev(command) => dev::run(command),
         Command::Client(command) => cli::run(&global, command),
+        Command::Bench(args) => {
+            let target = calm_bench::Target {
+                endpoints: global.endpoints,
+                level: global.level.into(),
+                request_timeout: global.command_timeout,
+            };
+            let format = match global.write_out {
+                cli::Format::Table => calm_bench::Format::Table,
+                cli::Format::Json => calm_bench::Format::Json,
+            };
+            calm_bench::run(args, target, format)
+        }
     }
 }
 

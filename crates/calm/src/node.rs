@@ -24,15 +24,8 @@ pub fn run(command: NodeCommand) -> ExitCode {
         }
     };
     init_logging(&config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("Error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = multi_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(serve(config))
 }
@@ -50,6 +43,21 @@ async fn serve(config: NodeConfig) -> ExitCode {
     tracing::info!("stop requested");
     server.stop().await;
     ExitCode::SUCCESS
+}
+
+/// A multi-threaded runtime (the node syncs to disk in place on one of
+/// its workers), or `None` after printing why there is none.
+pub fn multi_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("Error: cannot start the runtime: {error}");
+            None
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -1,0 +1,199 @@
+//! calm's load generator, behind `calm bench`: it sends one [`Workload`]
+//! from many concurrent clients, in a closed or an open loop, picks keys
+//! uniformly or by a Zipf law, records latency in HDR histograms and
+//! reports throughput, percentiles and errors by gRPC code as a table or
+//! JSON.
+//!
+//! From the command line, against a running cluster:
+//!
+//! ```text
+//! calm bench --endpoints 127.0.0.1:2379,127.0.0.1:2381 --workload counter-incr \
+//!     --clients 16 --duration 20s --warmup 5s
+//! calm bench --endpoints ... --workload counter-get --rate 2000 -w json
+//! ```
+//!
+//! As a library, a workload is anything that can send one operation for a
+//! client on a numbered key; [`drive`] runs it under a [`Plan`] and
+//! returns the [`Measurement`], and [`Report`] renders it. Here a workload
+//! that takes a millisecond and refuses every tenth key, driven in a
+//! closed loop for exactly 200 measured operations:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use calm_bench::{
+//!     Code, KeyDistribution, Labels, Load, OpError, Plan, Report, Stop, Workload, drive,
+//!     render_table,
+//! };
+//!
+//! struct Sleepy;
+//!
+//! impl Workload for Sleepy {
+//!     async fn operate(&self, _client: usize, key: u64) -> Result<(), OpError> {
+//!         tokio::time::sleep(Duration::from_millis(1)).await;
+//!         if key % 10 == 0 {
+//!             return Err(OpError { code: Code::Unimplemented, message: "no".into() });
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), calm_bench::BenchError> {
+//! let plan = Plan {
+//!     clients: 4,
+//!     load: Load::Closed,
+//!     warmup: Duration::ZERO,
+//!     stop: Stop::Ops(200),
+//!     keys: KeyDistribution::zipf(1_000, 0.99)?,
+//!     seed: 1,
+//! };
+//! let runtime = tokio::runtime::Runtime::new().map_err(calm_bench::BenchError::Runtime)?;
+//! let progress = indicatif::ProgressBar::hidden();
+//! let measurement = runtime.block_on(drive(Arc::new(Sleepy), &plan, &progress))?;
+//!
+//! let labels = Labels {
+//!     workload: "sleepy".into(),
+//!     level: "local".into(),
+//!     endpoints: Vec::new(),
+//!     value_bytes: 0,
+//! };
+//! let report = Report::new(labels, &plan, &measurement);
+//! // Exactly the budget, split between successes and failures by code.
+//! assert_eq!(report.ops + report.errors, 200);
+//! assert_eq!(report.errors_by_code.get("UNIMPLEMENTED").map_or(0, |e| e.count), report.errors);
+//! assert!(report.latency.p50_us >= 1_000.0);
+//! println!("{}", render_table(&[report]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Extending the bench: a new workload implements [`Workload`] and gets a
+//! [`WorkloadName`]; a new figure is a field of [`Report`] and a table
+//! column; other levels need nothing here, as the level travels in the
+//! clients' configuration.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod args;
+mod driver;
+mod error;
+mod keys;
+mod progress;
+mod report;
+mod workload;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use calm_client::{ClientConfig, Level};
+use indicatif::ProgressBar;
+
+pub use args::{BenchArgs, KeyDist, VALUE_BYTES_MAX, parse_duration};
+pub use calm_client::Code;
+pub use driver::{
+    CLIENTS_MAX, DURATION_MAX, LATENCY_MAX, Load, Measurement, Plan, RATE_MAX, Stop, drive,
+};
+pub use error::BenchError;
+pub use keys::{KEYS_MAX, KeyDistribution, ZIPF_THETA_MAX, Zipf};
+pub use progress::progress_bar;
+pub use report::{
+    ErrorCount, Labels, LatencySummary, Report, format_latency, render_json, render_table,
+};
+pub use workload::{
+    CounterOperation, CounterWorkload, OpError, Pool, Workload, WorkloadName, key_name,
+};
+
+/// The bound on opening one connection; a shorter request timeout wins.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The cluster a bench runs against, from the `calm` binary's global
+/// flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Client endpoints, `host:port`; bench client `i` uses endpoint
+    /// `i % len`.
+    pub endpoints: Vec<String>,
+    /// The level every request carries.
+    pub level: Level,
+    /// The deadline of one request; a request that misses it counts as a
+    /// `DEADLINE_EXCEEDED` error.
+    pub request_timeout: Duration,
+}
+
+/// How the report prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A boxed table, with error and open-loop notes below it.
+    Table,
+    /// One line of JSON.
+    Json,
+}
+
+/// `calm bench`: runs the bench on a multi-thread runtime, shows progress
+/// on stderr, prints the report on stdout. Exit status 1 when the bench
+/// cannot run or no operation succeeded (the report is printed first).
+pub fn run(args: BenchArgs, target: Target, format: Format) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::Runtime)
+        .and_then(|runtime| {
+            let plan = args.plan()?;
+            let progress = progress_bar(&plan);
+            runtime.block_on(bench(&args, &target, &progress))
+        });
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("Error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match format {
+        Format::Table => print!("{}", render_table(std::slice::from_ref(&report))),
+        Format::Json => println!("{}", render_json(&report)),
+    }
+    if report.ops == 0 {
+        eprintln!("Error: no operation succeeded");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs the bench `args` describe against `target` and reports it. Must
+/// run inside a multi-thread tokio runtime for the figures to mean
+/// anything (a current-thread one works, on one core).
+pub async fn bench(
+    args: &BenchArgs,
+    target: &Target,
+    progress: &ProgressBar,
+) -> Result<Report, BenchError> {
+    let plan = args.plan()?;
+    let config = ClientConfig {
+        timeout: target.request_timeout,
+        connect_timeout: target.request_timeout.min(CONNECT_TIMEOUT),
+        level: target.level,
+        ..ClientConfig::default()
+    };
+    let pool = Pool::connect(&target.endpoints, &config)?;
+    let measurement = match args.workload {
+        WorkloadName::CounterIncr => {
+            let workload = CounterWorkload::new(pool, CounterOperation::Increment);
+            drive(Arc::new(workload), &plan, progress).await?
+        }
+        WorkloadName::CounterGet => {
+            let workload = CounterWorkload::new(pool, CounterOperation::Get);
+            drive(Arc::new(workload), &plan, progress).await?
+        }
+    };
+    let labels = Labels {
+        workload: args.workload.name().to_owned(),
+        level: target.level.name().to_owned(),
+        endpoints: target.endpoints.clone(),
+        value_bytes: args.value_bytes,
+    };
+    Ok(Report::new(labels, &plan, &measurement))
+}
