@@ -15,6 +15,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use calm_client::{Client, ClientConfig};
+use rustix::process::{Pid, Signal, kill_process};
 use tokio::process::{Child, Command};
 
 use crate::node::{multi_thread_runtime, terminated};
@@ -293,12 +294,9 @@ fn check_exits(children: &mut [DevNode]) {
 /// the grace period is killed.
 async fn stop_all(children: &mut [DevNode]) {
     for node in children.iter() {
-        if let Some(pid) = node.child.id() {
-            // tokio's `kill` sends SIGKILL; a graceful stop needs SIGTERM,
-            // and the standard library offers no way to send it.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+        // tokio's `kill` sends SIGKILL; a graceful stop needs SIGTERM.
+        if let Some(pid) = node.child.id().and_then(|id| Pid::from_raw(id as i32)) {
+            let _ = kill_process(pid, Signal::TERM);
         }
     }
     for node in children.iter_mut() {
