@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ impl Links {
 
 /// Starts a proxy for node `to` on a free port, forwarding to `target`.
 async fn proxy(to: u64, target: SocketAddr, links: Links) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(free_port()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
@@ -141,9 +142,24 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// Ports handed out so far, counting up from a per-process base below
+/// Linux's ephemeral range (32768 and up), so the kernel never gives one
+/// of them to a socket bound to port 0 or to an outgoing connection, and
+/// no two calls in this process return the same port.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback address on a port free now and never handed out before.
 fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_768, "ran out of test ports");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 impl Cluster {
