@@ -4,9 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-/// The proto files compiled, relative to [`PROTO_ROOT`]. Each new package
-/// (etcd's, later) adds its files here and a module in `src/lib.rs`.
-const PROTO_FILES: &[&str] = &["calm/v1/calm.proto", "google/rpc/status.proto"];
+/// The proto files compiled into Rust, relative to [`PROTO_ROOT`]. Each
+/// package here has a module in `src/lib.rs`.
+const PROTO_FILES: &[&str] = &[
+    "calm/v1/calm.proto",
+    "google/rpc/status.proto",
+    // etcd's v3 API, as vendored (see `proto/etcd/README.md`).
+    "etcd/api/etcdserverpb/rpc.proto",
+    "etcd/api/mvccpb/kv.proto",
+    "etcd/api/authpb/auth.proto",
+    "etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+    "etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
+];
 
 /// The include root: imports are resolved relative to it, and a file's
 /// path under it must match its package (`calm/v1/` for `calm.v1`).
@@ -24,7 +33,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     // protox's error renders the offending file, line and column.
-    let descriptors = protox::compile(&files, [PROTO_ROOT])?;
+    let mut descriptors = protox::compile(&files, [PROTO_ROOT])?;
+    // The set also holds every import. Those that only declare options
+    // (etcd's `versionpb`, the grpc-gateway and OpenAPI annotations) have no
+    // wire types, and the well-known types come from `prost-types`, so code
+    // is generated for the listed files alone.
+    descriptors
+        .file
+        .retain(|file| PROTO_FILES.contains(&file.name()));
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -1,8 +1,11 @@
-//! Checks the generated `calm.v1` code: the wire format of representative
-//! messages, and the generated Counter service called end to end over a real
-//! loopback connection, including an error status with its typed detail.
+//! Checks the generated code: the wire format of representative `calm.v1`
+//! messages, the generated Counter service called end to end over a real
+//! loopback connection, including an error status with its typed detail,
+//! and etcd's v3 API: etcd's wire encoding, etcd's gRPC paths, and an etcd
+//! service sharing one port with a `calm.v1` service.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::sync::Mutex;
 
 use calm_proto::calm::v1::counter_client::CounterClient;
@@ -13,15 +16,29 @@ use calm_proto::calm::v1::{
     MemberState, MembersResponse, NodeRights, ObjectKind, RegisterGetResponse, RegisterKind,
     ResponseHeader, WrongType, error_detail, map_update_request,
 };
+use calm_proto::etcd::etcdserverpb::kv_client::KvClient;
+use calm_proto::etcd::etcdserverpb::kv_server::{Kv, KvServer};
+use calm_proto::etcd::etcdserverpb::{
+    self, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, TxnRequest,
+    TxnResponse,
+};
+use calm_proto::etcd::mvccpb::KeyValue;
+use calm_proto::etcd::{v3electionpb, v3lockpb};
 use calm_proto::google::rpc;
 use prost::Message;
+use tonic::codegen::BoxStream;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 /// The type URL a packed `ErrorDetail` carries, as the `.proto` documents.
 const ERROR_DETAIL_TYPE_URL: &str = "type.googleapis.com/calm.v1.ErrorDetail";
 
 /// Encodes `message`, decodes it back, and checks nothing was lost.
-fn check_round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(message: M) {
+fn check_round_trip<M: Message + Default + PartialEq + Debug>(message: M) {
     let bytes = message.encode_to_vec();
     let decoded = M::decode(bytes.as_slice()).expect("bytes this test encoded decode");
     assert_eq!(decoded, message);
@@ -288,6 +305,298 @@ async fn generated_counter_service_is_callable_end_to_end_and_errors_keep_their_
     };
     assert_eq!(kinds.found(), ObjectKind::Set);
     assert_eq!(kinds.expected(), ObjectKind::Counter);
+
+    stop.send(()).expect("the server is still running");
+    server
+        .await
+        .expect("the server task did not panic")
+        .expect("the server shut down cleanly");
+}
+
+/// Checks that `message` encodes to exactly `expected`, etcd's encoding
+/// worked out by hand from the field numbers in etcd's `.proto` files, and
+/// that etcd's bytes decode back to `message`.
+fn check_etcd_wire<M: Message + Default + PartialEq + Debug>(message: M, expected: &[u8]) {
+    assert_eq!(message.encode_to_vec(), expected, "{message:?}");
+    let decoded = M::decode(expected).expect("etcd's encoding decodes");
+    assert_eq!(decoded, message);
+}
+
+#[test]
+fn etcd_messages_keep_etcds_wire_encoding() {
+    // rpc.proto, RangeRequest: key = 1, range_end = 2, limit = 3 and
+    // revision = 4; this is `etcdctl get foo --prefix --limit 10 --rev 5`.
+    check_etcd_wire(
+        RangeRequest {
+            key: b"foo".to_vec(),
+            range_end: b"fop".to_vec(),
+            limit: 10,
+            revision: 5,
+            ..RangeRequest::default()
+        },
+        &[
+            0x0a, 3, b'f', b'o', b'o', // field 1, length-delimited
+            0x12, 3, b'f', b'o', b'p', // field 2, length-delimited
+            0x18, 10, // field 3, varint
+            0x20, 5, // field 4, varint
+        ],
+    );
+    // rpc.proto, PutRequest: key = 1, value = 2, lease = 3 (absent: zero)
+    // and prev_kv = 4.
+    check_etcd_wire(
+        PutRequest {
+            key: b"foo".to_vec(),
+            value: b"bar".to_vec(),
+            prev_kv: true,
+            ..PutRequest::default()
+        },
+        &[
+            0x0a, 3, b'f', b'o', b'o', // field 1, length-delimited
+            0x12, 3, b'b', b'a', b'r', // field 2, length-delimited
+            0x20, 1, // field 4, varint: true
+        ],
+    );
+    // A reply crossing packages: RangeResponse's header = 1
+    // (ResponseHeader's revision = 3), kvs = 2 (mvccpb.KeyValue's key = 1,
+    // mod_revision = 3, value = 5) and count = 4.
+    check_etcd_wire(
+        RangeResponse {
+            header: Some(etcdserverpb::ResponseHeader {
+                revision: 5,
+                ..etcdserverpb::ResponseHeader::default()
+            }),
+            kvs: vec![KeyValue {
+                key: b"foo".to_vec(),
+                mod_revision: 5,
+                value: b"bar".to_vec(),
+                ..KeyValue::default()
+            }],
+            more: false,
+            count: 1,
+        },
+        &[
+            0x0a, 2, 0x18, 5, // field 1: a header holding revision 5
+            0x12, 12, // field 2: one key-value pair of 12 bytes
+            0x0a, 3, b'f', b'o', b'o', // its key
+            0x18, 5, // its mod_revision
+            0x2a, 3, b'b', b'a', b'r', // its value
+            0x20, 1, // field 4, varint
+        ],
+    );
+}
+
+#[test]
+fn etcd_services_keep_etcds_grpc_service_names() {
+    // A gRPC path is "/{service name}/{method}", and etcd's clients call
+    // "/etcdserverpb.KV/Range" and its siblings, so the names must be
+    // etcd's package-qualified ones, case included.
+    let names = [
+        (<KvServer<StubKv> as NamedService>::NAME, "etcdserverpb.KV"),
+        (
+            etcdserverpb::watch_server::SERVICE_NAME,
+            "etcdserverpb.Watch",
+        ),
+        (
+            etcdserverpb::lease_server::SERVICE_NAME,
+            "etcdserverpb.Lease",
+        ),
+        (
+            etcdserverpb::cluster_server::SERVICE_NAME,
+            "etcdserverpb.Cluster",
+        ),
+        (
+            etcdserverpb::maintenance_server::SERVICE_NAME,
+            "etcdserverpb.Maintenance",
+        ),
+        (etcdserverpb::auth_server::SERVICE_NAME, "etcdserverpb.Auth"),
+        (v3lockpb::lock_server::SERVICE_NAME, "v3lockpb.Lock"),
+        (
+            v3electionpb::election_server::SERVICE_NAME,
+            "v3electionpb.Election",
+        ),
+    ];
+    for (generated, etcds) in names {
+        assert_eq!(generated, etcds);
+    }
+}
+
+/// The revision in the header of every answer the stub etcd service gives.
+const STUB_REVISION: i64 = 42;
+
+/// A stand-in etcd KV service: a range answers with the requested key at
+/// [`STUB_REVISION`], a put with the previous pair if asked for it, and the
+/// other methods are unimplemented. Every answer echoes the request, so a
+/// test sees that the request arrived intact.
+struct StubKv;
+
+fn stub_header() -> Option<etcdserverpb::ResponseHeader> {
+    Some(etcdserverpb::ResponseHeader {
+        revision: STUB_REVISION,
+        ..etcdserverpb::ResponseHeader::default()
+    })
+}
+
+#[tonic::async_trait]
+impl Kv for StubKv {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(RangeResponse {
+            header: stub_header(),
+            kvs: vec![KeyValue {
+                key: request.key,
+                mod_revision: STUB_REVISION,
+                value: b"stub".to_vec(),
+                ..KeyValue::default()
+            }],
+            more: false,
+            count: 1,
+        }))
+    }
+
+    type RangeStreamStream = BoxStream<RangeStreamResponse>;
+
+    async fn range_stream(
+        &self,
+        _request: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(Status::unimplemented("the stub has no streaming range"))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        let prev_kv = request.prev_kv.then(|| KeyValue {
+            key: request.key,
+            value: b"previous".to_vec(),
+            ..KeyValue::default()
+        });
+        Ok(Response::new(PutResponse {
+            header: stub_header(),
+            prev_kv,
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        _request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        Err(Status::unimplemented("the stub does not delete"))
+    }
+
+    async fn txn(&self, _request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        Err(Status::unimplemented("the stub has no transactions"))
+    }
+
+    async fn compact(
+        &self,
+        _request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        Err(Status::unimplemented("the stub does not compact"))
+    }
+}
+
+/// Calls `path` with a range request through a bare gRPC client: the path
+/// is spelled out here, not taken from the generated client, so a path the
+/// generated client and server agreed on but etcd does not use would fail.
+async fn range_at_path(
+    channel: Channel,
+    path: &'static str,
+) -> Result<Response<RangeResponse>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|error| Status::unavailable(error.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<RangeRequest, RangeResponse>::default();
+    let request = RangeRequest {
+        key: b"by-path".to_vec(),
+        ..RangeRequest::default()
+    };
+    grpc.unary(
+        Request::new(request),
+        PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn etcd_and_calm_services_share_one_port() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("loopback is available");
+    let address = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    // One router, one listener: the port a node would give clients.
+    let routes = Routes::new(KvServer::new(StubKv)).add_service(CounterServer::new(ToyCounters {
+        node_id: 7,
+        values: Mutex::new(HashMap::new()),
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    // Either a send or the sender's drop ends the server.
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .expect("a well-formed address")
+        .connect()
+        .await
+        .expect("the server is listening");
+
+    let mut kv = KvClient::new(channel.clone());
+    let range = kv
+        .range(RangeRequest {
+            key: b"foo".to_vec(),
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("the stub answers a range")
+        .into_inner();
+    assert_eq!(range.header.map(|h| h.revision), Some(STUB_REVISION));
+    let keys: Vec<&[u8]> = range.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    assert_eq!(keys, [b"foo".as_slice()]);
+    let put = kv
+        .put(PutRequest {
+            key: b"foo".to_vec(),
+            value: b"bar".to_vec(),
+            prev_kv: true,
+            ..PutRequest::default()
+        })
+        .await
+        .expect("the stub answers a put")
+        .into_inner();
+    assert_eq!(put.prev_kv.map(|kv| kv.key), Some(b"foo".to_vec()));
+    let txn = kv.txn(TxnRequest::default()).await;
+    assert_eq!(
+        txn.expect_err("no transactions").code(),
+        Code::Unimplemented
+    );
+
+    let mut counters = CounterClient::new(channel.clone());
+    let increment = counters.increment(increment(b"hits", 2)).await;
+    let header = increment.expect("a valid increment").into_inner().header;
+    assert_eq!(header.map(|h| h.node_id), Some(7));
+
+    // etcd's literal path reaches the etcd service; the same name in
+    // another case does not, since gRPC paths are case-sensitive.
+    let by_path = range_at_path(channel.clone(), "/etcdserverpb.KV/Range").await;
+    let by_path = by_path.expect("etcd's path is served").into_inner();
+    let keys: Vec<Vec<u8>> = by_path.kvs.into_iter().map(|kv| kv.key).collect();
+    assert_eq!(keys, [b"by-path".to_vec()]);
+    let miscased = range_at_path(channel, "/etcdserverpb.Kv/Range").await;
+    assert_eq!(
+        miscased.expect_err("no such service").code(),
+        Code::Unimplemented
+    );
 
     stop.send(()).expect("the server is still running");
     server
