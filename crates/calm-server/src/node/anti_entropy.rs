@@ -135,11 +135,13 @@ impl AntiEntropy {
             let Some((peer, range)) = self.queued.pop_front() else {
                 return;
             };
-            let keys = digests()
+            // One pass over the digests (each encodes an object): the
+            // range's entries size the tree and then fill it.
+            let entries: Vec<(&[u8], u64)> = digests()
                 .filter(|(key, _)| range.contains(KeyHash::of(key)))
-                .count();
-            let shape = TreeShape::for_keys(keys as u64);
-            let tree = tree_of(digests(), range, shape);
+                .collect();
+            let shape = TreeShape::for_keys(entries.len() as u64);
+            let tree = tree_of(Box::new(entries.into_iter()), range, shape);
             // Invariant: the default config passes its own validation.
             let session =
                 AntiEntropySession::initiator(self.config).expect("valid anti-entropy config");

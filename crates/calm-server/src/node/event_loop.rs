@@ -465,7 +465,8 @@ impl Core {
     /// cluster, has merged a peer's ring log, or has waited long enough that
     /// the cluster must be forming right now.
     fn maybe_join_ring(&mut self) {
-        if self.gossip.log.is_member(self.me) || self.gossip.log.entry(self.me).is_some() {
+        // Joined, or joined and left (a departed id never rejoins).
+        if self.gossip.log.entry(self.me).is_some() {
             self.update_ready();
             return;
         }

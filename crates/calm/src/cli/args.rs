@@ -282,35 +282,14 @@ fn positive_u64(text: &str) -> Result<u64, String> {
     }
 }
 
-/// The most a timeout may be, so `Instant + timeout` cannot overflow.
-const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Parses a duration like Go's (which etcdctl's flags take) for the units
-/// a command timeout needs: `250ms`, `5s`, `1.5s`, `2m`, `1h`. Zero and
-/// more than a day are refused.
+/// Parses a command timeout: a Go-style duration (which etcdctl's flags
+/// take) as `calm bench` reads its durations, `250ms`, `5s`, `1.5s`, `2m`,
+/// `1h`, at most a day, and more than zero.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 5s or 500ms"))?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a number"))?;
-    let unit_seconds = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
-    };
-    let seconds = number * unit_seconds;
-    if seconds <= 0.0 {
-        return Err("the timeout must be more than zero".to_owned());
+    match calm_bench::parse_duration(text)? {
+        Duration::ZERO => Err("the timeout must be more than zero".to_owned()),
+        timeout => Ok(timeout),
     }
-    if seconds > TIMEOUT_MAX.as_secs_f64() {
-        return Err("the timeout must be at most 24h".to_owned());
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]
