@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// package here has a module in `src/lib.rs`.
 const PROTO_FILES: &[&str] = &[
     "calm/v1/calm.proto",
+    "calm/raft/v1/raft.proto",
     "google/rpc/status.proto",
     // etcd's v3 API, as vendored (see `proto/etcd/README.md`).
     "etcd/api/etcdserverpb/rpc.proto",

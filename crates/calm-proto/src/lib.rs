@@ -56,6 +56,10 @@
 
 #![forbid(unsafe_code)]
 
+// `calm.raft.v1` wraps etcd's requests; prost resolves `etcdserverpb` from
+// the crate root, so it is imported there (privately).
+use etcd::etcdserverpb;
+
 /// calm's own API packages.
 pub mod calm {
     /// Version 1 of the client API: the CRDT services (`Counter`, `Set`,
@@ -66,6 +70,17 @@ pub mod calm {
     #[allow(missing_docs)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/calm.v1.rs"));
+    }
+
+    /// Internal to calm's peers: the commands of the coordinated keyspace.
+    pub mod raft {
+        /// `calm.raft.v1`: one Raft log entry's command, each one etcd
+        /// request.
+        // Generated code; see the note on `calm::v1`.
+        #[allow(missing_docs)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/calm.raft.v1.rs"));
+        }
     }
 }
 

@@ -17,7 +17,9 @@ use calm_replica::{MESSAGE_KEY_BYTES_MAX, ReplicaConfig};
 use calm_types::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::node::NODE_ID_MAX;
+use calm_raft::{RaftConfig, StateConfig};
+
+use crate::node::{CoordinationOptions, NODE_ID_MAX};
 
 /// The most replicas a key may have (`replication-factor`).
 pub const REPLICATION_FACTOR_MAX: usize = 7;
@@ -40,6 +42,10 @@ pub const CLUSTER_BYTES_MAX: usize = 64;
 
 /// The longest node label (`name`), in bytes.
 pub const NAME_BYTES_MAX: usize = 64;
+
+/// The most Raft voters (`raft-voters`): every write waits for a majority
+/// of them, so more buys fault tolerance at the price of latency.
+pub const RAFT_VOTERS_MAX: usize = 7;
 
 /// The accepted values of `log-level`, least to most verbose.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
@@ -97,6 +103,22 @@ pub struct NodeConfig {
     /// How long shutdown waits for in-flight work and queued peer messages.
     /// Default 5,000.
     pub shutdown_grace_ms: u64,
+    /// Node ids of the coordinated keyspace's Raft voters (1 to 7; 3 or 5
+    /// in production), the same list on every node. Empty: this node alone
+    /// if it has no seeds (a one-node cluster), else no coordinated
+    /// keyspace. Default empty.
+    pub raft_voters: Vec<u64>,
+    /// Milliseconds per Raft tick (heartbeat interval). Default 100.
+    pub raft_tick_ms: u64,
+    /// Ticks without a heartbeat before a follower campaigns (etcd's
+    /// election timeout is 10 heartbeats). Default 10.
+    pub raft_election_ticks: usize,
+    /// Applied entries between state snapshots and Raft log compactions
+    /// (etcd's `--snapshot-count`). Default 10,000.
+    pub snapshot_count: u64,
+    /// The coordinated keyspace's size quota in bytes (etcd's
+    /// `--quota-backend-bytes`). Default 2 GiB.
+    pub quota_backend_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -122,6 +144,11 @@ impl Default for NodeConfig {
             keys_max: replica.keys_max,
             log_level: "info".to_owned(),
             shutdown_grace_ms: 5_000,
+            raft_voters: Vec::new(),
+            raft_tick_ms: 100,
+            raft_election_ticks: 10,
+            snapshot_count: 10_000,
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -304,7 +331,59 @@ impl NodeConfig {
                 "keys-max = 0 must be at least 1".to_owned(),
             ));
         }
-        Ok(())
+        self.validate_raft()
+    }
+
+    fn validate_raft(&self) -> Result<(), ConfigError> {
+        check_range("raft-voters", self.raft_voters.len(), 0, RAFT_VOTERS_MAX)?;
+        let mut voters = self.raft_voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.len() != self.raft_voters.len() || voters.contains(&0) {
+            return Err(invalid(
+                "raft-voters",
+                format!(
+                    "raft-voters = {:?} must list distinct node ids, none 0",
+                    self.raft_voters
+                ),
+            ));
+        }
+        check_range("raft-tick-ms", self.raft_tick_ms, 10, 1_000)?;
+        check_range("raft-election-ticks", self.raft_election_ticks, 3, 100)?;
+        check_range("snapshot-count", self.snapshot_count, 100, u64::MAX)?;
+        check_range(
+            "quota-backend-bytes",
+            self.quota_backend_bytes,
+            1024 * 1024,
+            u64::MAX,
+        )
+    }
+
+    /// The coordinated keyspace's options for `node`, or `None` when this
+    /// configuration runs none (no voters listed and seeds given).
+    pub fn coordination_options(&self, node: NodeId) -> Option<CoordinationOptions> {
+        let voters: Vec<NodeId> = if self.raft_voters.is_empty() {
+            if !self.seeds.is_empty() {
+                return None;
+            }
+            vec![node]
+        } else {
+            self.raft_voters.iter().copied().map(NodeId).collect()
+        };
+        let raft = RaftConfig {
+            election_tick: self.raft_election_ticks,
+            ..RaftConfig::new(node.0)
+        };
+        Some(CoordinationOptions {
+            voters,
+            raft,
+            tick_ms: self.raft_tick_ms,
+            snapshot_count: self.snapshot_count,
+            state: StateConfig {
+                quota_bytes: self.quota_backend_bytes,
+                ..StateConfig::default()
+            },
+        })
     }
 }
 
@@ -450,6 +529,27 @@ pub struct NodeArgs {
     /// How long shutdown waits for in-flight work, in ms [default: 5000].
     #[arg(long, env = "CALM_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Node ids of the Raft voters, comma-separated [default: this node
+    /// alone when it has no seeds].
+    #[arg(
+        long,
+        env = "CALM_RAFT_VOTERS",
+        value_name = "ID,...",
+        value_delimiter = ','
+    )]
+    pub raft_voters: Option<Vec<u64>>,
+    /// Milliseconds per Raft tick, 10..=1000 [default: 100].
+    #[arg(long, env = "CALM_RAFT_TICK_MS", value_name = "MS")]
+    pub raft_tick_ms: Option<u64>,
+    /// Raft ticks per election timeout, 3..=100 [default: 10].
+    #[arg(long, env = "CALM_RAFT_ELECTION_TICKS", value_name = "N")]
+    pub raft_election_ticks: Option<usize>,
+    /// Applied entries between snapshots, 100.. [default: 10000].
+    #[arg(long, env = "CALM_SNAPSHOT_COUNT", value_name = "N")]
+    pub snapshot_count: Option<u64>,
+    /// The coordinated keyspace's quota in bytes [default: 2147483648].
+    #[arg(long, env = "CALM_QUOTA_BACKEND_BYTES", value_name = "BYTES")]
+    pub quota_backend_bytes: Option<u64>,
 }
 
 impl NodeArgs {
@@ -477,6 +577,11 @@ impl NodeArgs {
         set(&mut config.keys_max, &self.keys_max);
         set(&mut config.log_level, &self.log_level);
         set(&mut config.shutdown_grace_ms, &self.shutdown_grace_ms);
+        set(&mut config.raft_voters, &self.raft_voters);
+        set(&mut config.raft_tick_ms, &self.raft_tick_ms);
+        set(&mut config.raft_election_ticks, &self.raft_election_ticks);
+        set(&mut config.snapshot_count, &self.snapshot_count);
+        set(&mut config.quota_backend_bytes, &self.quota_backend_bytes);
     }
 }
 
@@ -556,6 +661,11 @@ mod tests {
             keys_max: 10,
             log_level: "debug".to_owned(),
             shutdown_grace_ms: 1,
+            raft_voters: vec![1, 2, 3],
+            raft_tick_ms: 50,
+            raft_election_ticks: 20,
+            snapshot_count: 500,
+            quota_backend_bytes: 8 * 1024 * 1024,
         }
     }
 
@@ -763,6 +873,38 @@ mod tests {
             ),
             (
                 NodeConfig {
+                    raft_voters: vec![1, 2, 2],
+                    ..default()
+                },
+                "raft-voters",
+                "distinct node ids",
+            ),
+            (
+                NodeConfig {
+                    raft_voters: (1..=8).collect(),
+                    ..default()
+                },
+                "raft-voters",
+                "0..=7",
+            ),
+            (
+                NodeConfig {
+                    raft_tick_ms: 5,
+                    ..default()
+                },
+                "raft-tick-ms",
+                "10..=1000",
+            ),
+            (
+                NodeConfig {
+                    raft_election_ticks: 2,
+                    ..default()
+                },
+                "raft-election-ticks",
+                "3..=100",
+            ),
+            (
+                NodeConfig {
                     log_level: "loud".to_owned(),
                     ..default()
                 },
@@ -891,6 +1033,28 @@ mod tests {
         let error = Cli::try_parse_from(["calm", "--listen-peer", "localhost"])
             .expect_err("not a socket address");
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn a_node_without_seeds_or_voters_is_a_one_voter_keyspace() {
+        let alone = NodeConfig::default().coordination_options(NodeId(7));
+        let voters = alone.map(|options| options.voters);
+        assert_eq!(voters, Some(vec![NodeId(7)]));
+        let joining = NodeConfig {
+            seeds: vec![addr("10.0.0.2:2380")],
+            ..NodeConfig::default()
+        };
+        assert!(
+            joining.coordination_options(NodeId(7)).is_none(),
+            "a joining node votes only when listed"
+        );
+        let listed = NodeConfig {
+            raft_voters: vec![1, 2, 3],
+            ..joining
+        };
+        let options = listed.coordination_options(NodeId(2)).expect("listed");
+        assert_eq!(options.voters, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(options.raft.id, 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod etcd;
 pub mod metrics;
 pub mod node;
 pub mod server;

@@ -89,6 +89,7 @@ pub async fn start(config: &NodeConfig) -> Result<RunningServer, ServerError> {
         anti_entropy_interval_ms: config.anti_entropy_interval_ms,
         sync_max_delay_ms: config.sync_max_delay_ms,
         shutdown_grace_ms: config.shutdown_grace_ms,
+        coordination: config.coordination_options(node_id),
     };
     let metrics = Arc::new(Metrics::new());
     let node = node::start(options, storage, Arc::clone(&metrics)).await?;
@@ -99,8 +100,12 @@ pub async fn start(config: &NodeConfig) -> Result<RunningServer, ServerError> {
     let client_task = tokio::spawn({
         let (backend, metrics) = (Arc::clone(&backend), Arc::clone(&metrics));
         async move {
-            if let Err(error) =
-                crate::api::serve(client, backend, metrics, stopped(client_stopped)).await
+            if let Err(error) = crate::api::serve_routes(
+                client,
+                client_routes(backend, metrics),
+                stopped(client_stopped),
+            )
+            .await
             {
                 tracing::error!(%error, "the client port failed");
             }
@@ -176,4 +181,11 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
 /// Completes when the flag turns true (or its sender is gone).
 async fn stopped(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// calm.v1 and etcd's v3 services on one router: `etcdctl --endpoints`
+/// takes the same addresses as `calm`.
+fn client_routes(backend: Arc<NodeHandle>, metrics: Arc<Metrics>) -> tonic::service::Routes {
+    let routes = crate::api::routes(Arc::clone(&backend), metrics);
+    crate::etcd::add_routes(routes, backend, crate::etcd::Limits::default())
 }

@@ -24,6 +24,9 @@ use crate::node::{multi_thread_runtime, terminated};
 const FORMATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the status line refreshes.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// The most nodes of a dev cluster that vote in Raft.
+const RAFT_VOTERS: u16 = 5;
+
 /// How long a node gets to leave gracefully before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The most nodes `calm dev` starts on one machine.
@@ -87,6 +90,12 @@ async fn dev(command: DevCommand) -> Result<(), String> {
     let ports = free_ports(3 * usize::from(nodes))?;
     let mut children = Vec::with_capacity(usize::from(nodes));
     let seed = ports[1];
+    // Up to five nodes all vote in the coordinated keyspace; beyond that
+    // the first five do (more voters only slow every write).
+    let voters: Vec<String> = (1..=nodes.min(RAFT_VOTERS))
+        .map(|n| n.to_string())
+        .collect();
+    let voters = voters.join(",");
     for index in 0..nodes {
         let at = 3 * usize::from(index);
         let (client, peer, admin) = (ports[at], ports[at + 1], ports[at + 2]);
@@ -97,6 +106,7 @@ async fn dev(command: DevCommand) -> Result<(), String> {
             (index > 0).then_some(seed),
             replication_factor,
             command.anti_entropy_interval_ms,
+            &voters,
         );
         match spawned {
             Ok(child) => children.push(DevNode {
@@ -154,6 +164,7 @@ fn spawn_node(
     seed: Option<SocketAddr>,
     replication_factor: usize,
     anti_entropy_interval_ms: u64,
+    voters: &str,
 ) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the calm binary: {e}"))?;
     let log_path = root.join(format!("node-{index}.log"));
@@ -173,6 +184,7 @@ fn spawn_node(
         .args(["--listen-peer", &peer.to_string()])
         .args(["--listen-admin", &admin.to_string()])
         .args(["--replication-factor", &replication_factor.to_string()])
+        .args(["--raft-voters", voters])
         .args([
             "--anti-entropy-interval-ms",
             &anti_entropy_interval_ms.to_string(),
@@ -218,6 +230,12 @@ async fn wait_for_cluster(
         for i in 0..children.len() {
             formed &= node_sees_cluster(client, i, nodes).await;
         }
+        // The coordinated keyspace is ready once every voter knows its
+        // leader, so the first etcdctl command does not wait out an
+        // election.
+        for i in 0..children.len().min(usize::from(RAFT_VOTERS)) {
+            formed = formed && node_knows_raft_leader(client, i).await;
+        }
         if formed {
             return Ok(());
         }
@@ -250,6 +268,23 @@ async fn node_sees_cluster(client: &Client, index: usize, nodes: u16) -> bool {
     single.members().await.is_ok_and(|members| {
         members.len() == usize::from(nodes) && members.iter().all(|m| m.ownership_fraction > 0.0)
     })
+}
+
+/// Whether the voter at endpoint `index` knows a Raft leader (etcd's
+/// Maintenance.Status).
+async fn node_knows_raft_leader(client: &Client, index: usize) -> bool {
+    use calm_proto::etcd::etcdserverpb::StatusRequest;
+    use calm_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
+    let Some(endpoint) = client.endpoints().get(index).map(|e| format!("http://{e}")) else {
+        return false;
+    };
+    let Ok(mut maintenance) = MaintenanceClient::connect(endpoint).await else {
+        return false;
+    };
+    maintenance
+        .status(StatusRequest {})
+        .await
+        .is_ok_and(|status| status.into_inner().leader != 0)
 }
 
 /// Refreshes one status line until interrupted: each node's view of how

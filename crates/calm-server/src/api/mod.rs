@@ -67,10 +67,20 @@ pub async fn serve<B: Backend>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_routes(listener, routes(backend, metrics), shutdown).await
+}
+
+/// Serves any `routes` (calm.v1 and etcd's services together, say) as
+/// [`serve`] does.
+pub async fn serve_routes(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     // Requests are small and latency-bound: do not let Nagle hold them.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
-        .add_routes(routes(backend, metrics))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -18,7 +18,7 @@ use calm_clock::{PhysicalClock, SystemClock};
 use calm_membership::{Effect, LocalEvent, MemberState, Membership, Peer, Timer};
 use calm_replica::{Output, Replica, Request, RequestId, StepError, shared_ranges};
 use calm_ring::{KeyHash, Placement, Ring};
-use calm_storage::DiskEngine;
+use calm_storage::{DiskEngine, Storage};
 use calm_transport::{Channel, Inbound, Transport};
 use calm_types::NodeId;
 use rand::seq::IndexedRandom;
@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as TokioInstant;
 
 use super::anti_entropy::{AeEffects, AeFrame, AntiEntropy};
+use super::coordination::{Coordination, EtcdCommand};
 use super::gossip::{Addresses, RingGossip};
 use super::{Command, NodeOptions, Shared, StartError, View, meta, millis};
 use crate::backend::{BackendError, MemberInfo, state_label};
@@ -62,6 +63,7 @@ enum Due {
     Gossip,
     JoinRetry,
     AntiEntropy,
+    RaftTick,
 }
 
 /// Counts the cores keep, as of the last mirror into metrics.
@@ -83,6 +85,8 @@ pub(super) struct Core {
     me: NodeId,
     membership: Membership,
     replica: Replica<DiskEngine, Ring>,
+    /// The coordinated keyspace, on a voter.
+    coordination: Option<Coordination>,
     transport: Transport,
     anti_entropy: AntiEntropy,
     gossip: RingGossip,
@@ -106,6 +110,8 @@ pub(super) struct Core {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     mirrored: Mirrored,
+    /// Syncs taken for Raft alone (the replica counts its own).
+    raft_syncs: u64,
     stopping: Option<oneshot::Sender<()>>,
 }
 
@@ -124,6 +130,13 @@ impl Core {
         let me = options.node;
         let mut gossip = meta::load_ring(&storage)?;
         let ring = gossip.log.ring(options.ring)?;
+        let coordination = match &options.coordination {
+            Some(coordination) if coordination.voters.contains(&me) => Some(
+                Coordination::open(me, &options.cluster, coordination.clone(), &storage)
+                    .map_err(StartError::Coordination)?,
+            ),
+            _ => None,
+        };
         let replica = Replica::open(options.replica.clone(), ring, storage)?;
         let identity = Peer {
             node: me,
@@ -144,6 +157,7 @@ impl Core {
             me,
             membership,
             replica,
+            coordination,
             transport,
             anti_entropy: AntiEntropy::new(ANTI_ENTROPY_SESSION_TIMEOUT_MS),
             gossip,
@@ -163,6 +177,7 @@ impl Core {
             shared,
             metrics,
             mirrored: Mirrored::default(),
+            raft_syncs: 0,
             stopping: None,
             options,
         })
@@ -221,6 +236,9 @@ impl Core {
         if !seeds.is_empty() {
             self.arm(JOIN_RETRY_MS, Due::JoinRetry);
         }
+        if let Some(coordination) = &self.coordination {
+            self.arm(coordination.tick_ms(), Due::RaftTick);
+        }
         if self.options.anti_entropy_interval_ms > 0 {
             let first = self.jitter(self.options.anti_entropy_interval_ms);
             self.arm(first, Due::AntiEntropy);
@@ -266,6 +284,7 @@ impl Core {
                 let request = Request { id, key, op, token };
                 self.replica.submit(request, self.clock.now_ms());
             }
+            Command::Etcd(command) => self.etcd(command),
             Command::Shutdown { done } => self.stopping = Some(done),
         }
     }
@@ -288,13 +307,20 @@ impl Core {
             },
             Channel::AntiEntropy => self.anti_entropy_frame(message.from, &message.bytes),
             Channel::Ring => self.ring_gossip(message.from, &message.bytes),
-            Channel::Raft => Err("no coordinated keyspace on this node yet".to_string()),
+            Channel::Raft => {
+                let now = self.now_ms();
+                match &mut self.coordination {
+                    Some(coordination) => coordination.inbound(message.from, &message.bytes, now),
+                    None => Err("this node is not a voter of the coordinated keyspace".to_string()),
+                }
+            }
         };
         if let Err(reason) = result {
             tracing::debug!(from = %message.from, channel = label, %reason, "peer message refused");
             self.drop_message("refused");
         }
         self.drain_membership();
+        self.send_raft();
     }
 
     fn fire_due(&mut self) {
@@ -328,6 +354,14 @@ impl Core {
                     let next = self.jitter(self.options.anti_entropy_interval_ms);
                     self.arm(next, Due::AntiEntropy);
                 }
+                Due::RaftTick => {
+                    if let Some(coordination) = &mut self.coordination {
+                        coordination.tick(now);
+                        let tick_ms = coordination.tick_ms();
+                        self.arm(tick_ms, Due::RaftTick);
+                        self.send_raft();
+                    }
+                }
             }
         }
     }
@@ -336,14 +370,22 @@ impl Core {
     /// deltas.
     fn commit(&mut self) {
         self.writes_this_turn = 0;
+        let raft_wrote = self.raft_before_sync();
         let replica = &mut self.replica;
         let syncs_before = replica.stats().syncs;
         let began = Instant::now();
-        let synced = in_place(|| replica.flush());
+        let mut synced = in_place(|| replica.flush());
+        // The replica syncs only for its own writes; Raft's need one too.
+        if raft_wrote && synced.is_ok() && self.replica.stats().syncs == syncs_before {
+            let storage = self.replica.storage();
+            synced = in_place(|| storage.sync()).map_err(StepError::Storage);
+            self.raft_syncs += 1;
+        }
         if self.replica.stats().syncs > syncs_before {
             let seconds = began.elapsed().as_secs_f64();
             self.metrics.fsync_duration.observe(seconds);
         }
+        let synced_ok = synced.is_ok();
         if let Err(error) = synced {
             // The replica refuses everything from now on; the operator
             // restarts the node, which reloads the durable state.
@@ -353,6 +395,92 @@ impl Core {
         self.replica.tick(self.clock.now_ms());
         self.route_replica_outputs();
         self.ship_repairs();
+        if synced_ok {
+            self.raft_after_sync();
+        }
+    }
+
+    /// Writes Raft's ready into storage (unsynced); whether it wrote.
+    fn raft_before_sync(&mut self) -> bool {
+        let Some(coordination) = &mut self.coordination else {
+            return false;
+        };
+        let mut batch = calm_storage::WriteBatch::new();
+        let wrote = coordination.before_sync(&mut batch);
+        self.send_raft();
+        match wrote {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(error) => {
+                // The Raft core refuses everything from now on; a restart
+                // reloads it from storage.
+                tracing::error!(%error, "the coordinated keyspace failed");
+                self.shared.ready.store(false, Ordering::Relaxed);
+                return false;
+            }
+        }
+        let storage = self.replica.storage();
+        if let Err(error) = in_place(|| storage.write(&batch)) {
+            tracing::error!(%error, "could not write the Raft log");
+            self.shared.ready.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// After the sync: Raft's held messages, then applying.
+    fn raft_after_sync(&mut self) {
+        let now = self.now_ms();
+        let Some(coordination) = &mut self.coordination else {
+            return;
+        };
+        let mut batch = calm_storage::WriteBatch::new();
+        if let Err(error) = coordination.after_sync(&mut batch, now) {
+            tracing::error!(%error, "could not apply committed entries");
+        }
+        let storage = self.replica.storage();
+        if let Err(error) = in_place(|| storage.write(&batch)) {
+            tracing::error!(%error, "could not write the applied state");
+            self.shared.ready.store(false, Ordering::Relaxed);
+        }
+        self.send_raft();
+    }
+
+    fn send_raft(&mut self) {
+        let Some(coordination) = &mut self.coordination else {
+            return;
+        };
+        for (to, bytes) in coordination.outputs() {
+            match self.peer_addr(to) {
+                Some(addr) => self.send(to, addr, Channel::Raft, bytes),
+                None => self.drop_message("unknown_peer"),
+            }
+        }
+    }
+
+    fn etcd(&mut self, command: EtcdCommand) {
+        let now = self.now_ms();
+        let Some(coordination) = &self.coordination else {
+            refuse_etcd(command);
+            return;
+        };
+        if let EtcdCommand::Members { reply } = command {
+            let members = coordination.members(|node| {
+                let peer = match node == self.me {
+                    true => Some(self.shared.peer_addr),
+                    false => self.peer_addr(node),
+                };
+                let client = self.gossip.directory.get(node).map(|a| a.client);
+                (peer, client)
+            });
+            let _ = reply.send(Ok(members));
+            return;
+        }
+        if let Some(coordination) = &mut self.coordination {
+            coordination.command(command, now);
+        }
+        self.writes_this_turn += 1;
+        self.send_raft();
     }
 
     /// Ships the states anti-entropy found differing, now that the turn's
@@ -375,6 +503,9 @@ impl Core {
         self.commit();
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(BackendError::Unavailable("the node is shutting down")));
+        }
+        if let Some(coordination) = &mut self.coordination {
+            coordination.shut_down();
         }
         if let Err(error) = self.membership.leave_cluster(self.now_ms()) {
             tracing::warn!(%error, "could not announce the leave");
@@ -699,7 +830,7 @@ impl Core {
         let stats = self.replica.stats().clone();
         let m = &self.metrics;
         let seen = &mut self.mirrored;
-        seen.syncs = mirror(&m.fsyncs, seen.syncs, stats.syncs);
+        seen.syncs = mirror(&m.fsyncs, seen.syncs, stats.syncs + self.raft_syncs);
         seen.deltas_dropped = mirror(&m.deltas_dropped, seen.deltas_dropped, stats.deltas_dropped);
         seen.deltas_refused = mirror(&m.deltas_refused, seen.deltas_refused, stats.deltas_refused);
         seen.clock_rejections = mirror(
@@ -826,5 +957,29 @@ fn channel_label(channel: Channel) -> &'static str {
         Channel::Raft => "raft",
         Channel::AntiEntropy => "anti_entropy",
         Channel::Ring => "ring",
+    }
+}
+
+/// Answers an etcd request on a node that is not a voter.
+fn refuse_etcd(command: EtcdCommand) {
+    let status = || {
+        tonic::Status::unavailable(
+            "calm: this node is not a voter of the coordinated keyspace; use a voter's endpoint",
+        )
+    };
+    match command {
+        EtcdCommand::Write { reply, .. } => drop(reply.send(Err(status()))),
+        EtcdCommand::Range { reply, .. } => drop(reply.send(Err(status()))),
+        EtcdCommand::ReadTxn { reply, .. } => drop(reply.send(Err(status()))),
+        EtcdCommand::Watch { .. } => {}
+        EtcdCommand::Progress { reply } => drop(reply.send(Err(status()))),
+        EtcdCommand::KeepAlive { reply, .. } => drop(reply.send(Err(status()))),
+        EtcdCommand::TimeToLive { reply, .. } => drop(reply.send(Err(status()))),
+        EtcdCommand::Leases { reply } => drop(reply.send(Err(status()))),
+        EtcdCommand::Members { reply } => drop(reply.send(Err(status()))),
+        EtcdCommand::Status { reply } => drop(reply.send(Err(status()))),
+        EtcdCommand::HashKv { reply, .. } => drop(reply.send(Err(status()))),
+        EtcdCommand::MoveLeader { reply, .. } => drop(reply.send(Err(status()))),
+        EtcdCommand::Snapshot { reply } => drop(reply.send(Err(status()))),
     }
 }

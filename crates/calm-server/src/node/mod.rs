@@ -7,6 +7,8 @@
 //! commands over a bounded channel and reads a view the loop publishes.
 
 pub mod anti_entropy;
+mod coordination;
+mod etcd;
 mod event_loop;
 pub mod gossip;
 mod meta;
@@ -27,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::{Backend, BackendError, MemberInfo, NodeStatus};
 use crate::metrics::Metrics;
 
+pub use coordination::CoordinationOptions;
 pub use meta::{NODE_ID_MAX, node_identity};
 
 /// Commands waiting for the loop; beyond it, callers wait (backpressure).
@@ -61,6 +64,9 @@ pub struct NodeOptions {
     pub sync_max_delay_ms: u64,
     /// How long shutdown waits for queued peer messages to be written.
     pub shutdown_grace_ms: u64,
+    /// The coordinated keyspace (Raft, etcd API); `None` runs without it.
+    /// A node serves it only if it is one of the voters.
+    pub coordination: Option<CoordinationOptions>,
 }
 
 /// Why a node could not start.
@@ -82,6 +88,9 @@ pub enum StartError {
     /// record.
     #[error("data directory: {0}")]
     Meta(String),
+    /// The coordinated keyspace could not be opened from storage.
+    #[error("coordinated keyspace: {0}")]
+    Coordination(String),
 }
 
 /// A request for the event loop.
@@ -92,6 +101,7 @@ enum Command {
         token: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<Ack, BackendError>>,
     },
+    Etcd(coordination::EtcdCommand),
     Shutdown {
         done: oneshot::Sender<()>,
     },

@@ -38,6 +38,7 @@ fn options(node: u64, seeds: Vec<SocketAddr>, peer_listen: SocketAddr) -> NodeOp
         },
         anti_entropy_interval_ms: 300,
         sync_max_delay_ms: 0,
+        coordination: None,
         shutdown_grace_ms: 1_000,
     }
 }

@@ -1,0 +1,482 @@
+//! The coordinated keyspace's half of the event loop: the tokio side of
+//! [`calm_raft::Keyspace`].
+//!
+//! The core holds every protocol decision; this driver only keeps the
+//! channels its replies and watch batches go to. The event loop calls it at
+//! fixed points of a turn: commands and Raft messages as they arrive,
+//! [`Coordination::tick`] on its timer, and around the turn's sync
+//! [`Coordination::before_sync`] and [`Coordination::after_sync`], so the
+//! keyspace shares the node's one fsync per turn with the replica.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use calm_proto::calm::raft::v1::command::Request;
+use calm_proto::etcd::etcdserverpb::{
+    HashKvResponse, LeaseLeasesResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, Member, MemberListResponse, RangeRequest, RangeResponse,
+    ResponseHeader, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchResponse,
+};
+use calm_raft::{
+    Keyspace, KeyspaceConfig, KeyspaceError, LeaseQuestion, Output, RaftConfig, Read, Reply,
+    RequestId, Response, StateConfig, WatchBatch, WatchConfig, WatchId, WatchSpec,
+};
+use calm_storage::{DiskEngine, Storage, WriteBatch};
+use calm_types::NodeId;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+/// A reply the loop owes a caller.
+pub(super) type Answer<T> = oneshot::Sender<Result<T, Status>>;
+
+/// A request of the etcd API for the loop.
+pub(super) enum EtcdCommand {
+    /// A write (or a read through the log), proposed to Raft.
+    Write {
+        request: Request,
+        reply: Answer<Response>,
+    },
+    /// A range; linearizable unless the request says serializable.
+    Range {
+        request: RangeRequest,
+        reply: Answer<RangeResponse>,
+    },
+    /// A txn without writes, served like a range.
+    ReadTxn {
+        request: TxnRequest,
+        reply: Answer<TxnResponse>,
+    },
+    /// Opens a watch that sends its responses to `events`.
+    Watch {
+        request: WatchCreateRequest,
+        events: mpsc::Sender<WatchResponse>,
+    },
+    /// A header at the current revision.
+    Progress { reply: Answer<ResponseHeader> },
+    /// Renews a lease; the answer is its TTL in seconds.
+    KeepAlive { id: i64, reply: Answer<i64> },
+    /// A lease's TTLs and keys.
+    TimeToLive {
+        request: LeaseTimeToLiveRequest,
+        reply: Answer<LeaseTimeToLiveResponse>,
+    },
+    /// Every lease.
+    Leases { reply: Answer<LeaseLeasesResponse> },
+    /// The Raft members.
+    Members { reply: Answer<MemberListResponse> },
+    /// This member's status.
+    Status { reply: Answer<StatusResponse> },
+    /// The keyspace's hash at a revision.
+    HashKv {
+        revision: i64,
+        reply: Answer<HashKvResponse>,
+    },
+    /// Hands leadership to `target`.
+    MoveLeader { target: u64, reply: Answer<()> },
+    /// The whole keyspace as one blob.
+    Snapshot { reply: Answer<Vec<u8>> },
+}
+
+/// A caller waiting for the core's reply to its request.
+enum Waiter {
+    Write(Answer<Response>),
+    Range(Answer<RangeResponse>),
+    Txn(Answer<TxnResponse>),
+    KeepAlive(Answer<i64>),
+    TimeToLive(LeaseTimeToLiveRequest, Answer<LeaseTimeToLiveResponse>),
+}
+
+/// Options of the coordinated keyspace on one node.
+#[derive(Clone, Debug)]
+pub struct CoordinationOptions {
+    /// The voters of a new cluster (every voter lists the same ones).
+    pub voters: Vec<NodeId>,
+    /// Raft's timing and bounds (its `id` is set from the node's).
+    pub raft: RaftConfig,
+    /// How often Raft ticks, in milliseconds.
+    pub tick_ms: u64,
+    /// Applied entries between snapshots (and log compactions).
+    pub snapshot_count: u64,
+    /// The state machine's bounds (quota, leases).
+    pub state: StateConfig,
+}
+
+/// The coordinated keyspace on a voter, with the channels it answers on.
+pub(super) struct Coordination {
+    keyspace: Keyspace,
+    tick_ms: u64,
+    waiters: HashMap<RequestId, Waiter>,
+    watchers: HashMap<WatchId, mpsc::Sender<WatchResponse>>,
+    /// Watches whose queue was full: they get nothing until it has room.
+    paused: HashSet<WatchId>,
+    next_request: u64,
+}
+
+impl Coordination {
+    /// Opens the keyspace from `storage`: restarts Raft from its log, or
+    /// bootstraps a new cluster of `options.voters` (durably, before any
+    /// message leaves).
+    pub(super) fn open(
+        me: NodeId,
+        cluster: &str,
+        options: CoordinationOptions,
+        storage: &DiskEngine,
+    ) -> Result<Coordination, String> {
+        let election_timeout_ms = options.tick_ms * options.raft.election_tick as u64;
+        let config = KeyspaceConfig {
+            raft: RaftConfig {
+                id: me.0,
+                ..options.raft
+            },
+            // etcd: 5 s plus two election timeouts.
+            request_timeout_ms: 5_000 + 2 * election_timeout_ms,
+            election_timeout_ms,
+            snapshot_count: options.snapshot_count,
+            state: options.state,
+            cluster_id: calm_ring::KeyHash::of(cluster.as_bytes()).0,
+            watch: WatchConfig::default(),
+            leaderless_max: 10_000,
+        };
+        let voters: Vec<u64> = options.voters.iter().map(|n| n.0).collect();
+        let mut batch = WriteBatch::new();
+        let keyspace =
+            Keyspace::open(config, &voters, storage, &mut batch).map_err(|e| e.to_string())?;
+        if !batch.is_empty() {
+            storage.write(&batch).map_err(|e| e.to_string())?;
+            storage.sync().map_err(|e| e.to_string())?;
+        }
+        Ok(Coordination {
+            keyspace,
+            tick_ms: options.tick_ms,
+            waiters: HashMap::new(),
+            watchers: HashMap::new(),
+            paused: HashSet::new(),
+            next_request: 0,
+        })
+    }
+
+    /// How often [`tick`](Self::tick) is due.
+    pub(super) fn tick_ms(&self) -> u64 {
+        self.tick_ms
+    }
+
+    // ---- Inputs ----
+
+    /// A message on the Raft channel.
+    pub(super) fn inbound(
+        &mut self,
+        from: NodeId,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Result<(), String> {
+        self.keyspace.step(from.0, bytes, now_ms)
+    }
+
+    /// A request from the etcd API (except `Members`, which needs the
+    /// loop's address book: see [`members`](Self::members)).
+    pub(super) fn command(&mut self, command: EtcdCommand, now_ms: u64) {
+        match command {
+            EtcdCommand::Write { request, reply } => {
+                let id = self.wait(Waiter::Write(reply));
+                self.keyspace.propose(id, request, now_ms);
+            }
+            EtcdCommand::Range { request, reply } if request.serializable => {
+                let result = self.keyspace.state().range(&request);
+                let result = result.map_err(|e| status(KeyspaceError::from(e)));
+                let _ = reply.send(result.map(|mut r| {
+                    self.keyspace
+                        .fill(r.header.get_or_insert_with(ResponseHeader::default));
+                    r
+                }));
+            }
+            EtcdCommand::Range { request, reply } => {
+                let id = self.wait(Waiter::Range(reply));
+                self.keyspace.read(id, Read::Range(request), now_ms);
+            }
+            EtcdCommand::ReadTxn { request, reply } => {
+                let id = self.wait(Waiter::Txn(reply));
+                self.keyspace.read(id, Read::Txn(request), now_ms);
+            }
+            EtcdCommand::Watch { request, events } => match self.keyspace.watch(spec(&request)) {
+                Ok(id) => {
+                    self.watchers.insert(id, events);
+                }
+                Err(error) => {
+                    // etcd answers a refused watch on the stream: created
+                    // and canceled at once, with the reason.
+                    let response = WatchResponse {
+                        header: Some(self.keyspace.header()),
+                        canceled: true,
+                        cancel_reason: error.cancel_reason().to_string(),
+                        ..WatchResponse::default()
+                    };
+                    let _ = events.try_send(response);
+                }
+            },
+            EtcdCommand::Progress { reply } => {
+                let _ = reply.send(Ok(self.keyspace.header()));
+            }
+            EtcdCommand::KeepAlive { id: lease, reply } => {
+                let id = self.wait(Waiter::KeepAlive(reply));
+                self.keyspace.ask(id, LeaseQuestion::Renew(lease), now_ms);
+            }
+            EtcdCommand::TimeToLive { request, reply } => {
+                let question = LeaseQuestion::TimeToLive(request.id);
+                let id = self.wait(Waiter::TimeToLive(request, reply));
+                self.keyspace.ask(id, question, now_ms);
+            }
+            EtcdCommand::Leases { reply } => {
+                let leases = self.keyspace.state().lessor().leases();
+                let leases = leases.into_iter().map(|id| LeaseStatus { id }).collect();
+                let header = Some(self.keyspace.header());
+                let _ = reply.send(Ok(LeaseLeasesResponse { header, leases }));
+            }
+            EtcdCommand::Members { reply } => {
+                let _ = reply.send(Err(Status::internal("member list routed wrongly")));
+            }
+            EtcdCommand::Status { reply } => {
+                let _ = reply.send(Ok(self.keyspace.status()));
+            }
+            EtcdCommand::HashKv { revision, reply } => {
+                let _ = reply.send(self.keyspace.hash_kv(revision).map_err(status));
+            }
+            EtcdCommand::MoveLeader { target, reply } => {
+                let _ = reply.send(self.keyspace.transfer_leader(target).map_err(status));
+            }
+            EtcdCommand::Snapshot { reply } => {
+                let _ = reply.send(Ok(self.keyspace.state().snapshot()));
+            }
+        }
+    }
+
+    /// The member list, with addresses from `addresses(node)` (peer,
+    /// client).
+    pub(super) fn members(
+        &self,
+        addresses: impl Fn(NodeId) -> (Option<SocketAddr>, Option<SocketAddr>),
+    ) -> MemberListResponse {
+        let status = self.keyspace.raft_status();
+        let member = |id: u64, is_learner: bool| {
+            let (peer, client) = addresses(NodeId(id));
+            Member {
+                id,
+                name: format!("n{id}"),
+                peer_ur_ls: peer.map(|a| format!("http://{a}")).into_iter().collect(),
+                client_ur_ls: client.map(|a| format!("http://{a}")).into_iter().collect(),
+                is_learner,
+            }
+        };
+        let members = status
+            .voters
+            .iter()
+            .map(|&id| member(id, false))
+            .chain(status.learners.iter().map(|&id| member(id, true)))
+            .collect();
+        // etcd's member list header carries no revision: membership is not
+        // part of the keyspace.
+        let mut header = self.keyspace.header();
+        header.revision = 0;
+        MemberListResponse {
+            header: Some(header),
+            members,
+        }
+    }
+
+    /// Raft's clock and the core's timers.
+    pub(super) fn tick(&mut self, now_ms: u64) {
+        self.keyspace.tick(now_ms);
+    }
+
+    /// Fails every waiting request: the node is stopping.
+    pub(super) fn shut_down(&mut self) {
+        self.keyspace.shut_down();
+    }
+
+    // ---- Around the sync ----
+
+    /// Raft's ready into `batch`; whether it needs a sync.
+    pub(super) fn before_sync(&mut self, batch: &mut WriteBatch) -> Result<bool, String> {
+        self.keyspace.before_sync(batch)
+    }
+
+    /// After the sync: applies what committed, writing into `batch`.
+    pub(super) fn after_sync(&mut self, batch: &mut WriteBatch, now_ms: u64) -> Result<(), String> {
+        self.keyspace.after_sync(batch, now_ms)
+    }
+
+    /// Carries out the core's outputs: replies and watch batches here,
+    /// peer messages returned for the loop to send.
+    pub(super) fn outputs(&mut self) -> Vec<(NodeId, Vec<u8>)> {
+        let mut messages = Vec::new();
+        while let Some(output) = self.keyspace.poll() {
+            match output {
+                Output::Send { to, bytes } => messages.push((NodeId(to), bytes)),
+                Output::Reply { id, result } => self.answer(id, result),
+                Output::Watch { id, batch } => self.deliver(id, batch),
+                Output::Trouble(trouble) => tracing::warn!(%trouble, "coordinated keyspace"),
+            }
+        }
+        let keyspace = &mut self.keyspace;
+        self.watchers.retain(|id, sender| {
+            let open = !sender.is_closed();
+            if !open {
+                keyspace.cancel_watch(*id);
+            }
+            open
+        });
+        // A paused watch resumes once its queue has room again; it then
+        // catches up from the store at the next tick.
+        let watchers = &self.watchers;
+        self.paused.retain(|id| {
+            let room = watchers.get(id).is_some_and(|sender| sender.capacity() > 0);
+            if room {
+                keyspace.resume_watch(*id);
+            }
+            !room && watchers.contains_key(id)
+        });
+        messages
+    }
+
+    // ---- Internals ----
+
+    fn wait(&mut self, waiter: Waiter) -> RequestId {
+        self.next_request += 1;
+        let id = RequestId(self.next_request);
+        self.waiters.insert(id, waiter);
+        id
+    }
+
+    fn answer(&mut self, id: RequestId, result: Result<Reply, KeyspaceError>) {
+        let Some(waiter) = self.waiters.remove(&id) else {
+            return;
+        };
+        let result = result.map_err(status);
+        match waiter {
+            Waiter::Write(reply) => {
+                let _ = reply.send(result.and_then(|r| match r {
+                    Reply::Applied(response) => Ok(response),
+                    other => Err(mismatch(&other)),
+                }));
+            }
+            Waiter::Range(reply) => {
+                let _ = reply.send(result.and_then(|r| match r {
+                    Reply::Range(response) => Ok(response),
+                    other => Err(mismatch(&other)),
+                }));
+            }
+            Waiter::Txn(reply) => {
+                let _ = reply.send(result.and_then(|r| match r {
+                    Reply::Txn(response) => Ok(response),
+                    other => Err(mismatch(&other)),
+                }));
+            }
+            Waiter::KeepAlive(reply) => {
+                let _ = reply.send(result.and_then(|r| match r {
+                    Reply::Lease(ttl) => Ok(ttl.ttl),
+                    other => Err(mismatch(&other)),
+                }));
+            }
+            Waiter::TimeToLive(request, reply) => {
+                let response = result.and_then(|r| match r {
+                    Reply::Lease(ttl) => Ok(self.time_to_live(&request, ttl)),
+                    other => Err(mismatch(&other)),
+                });
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    fn time_to_live(
+        &self,
+        request: &LeaseTimeToLiveRequest,
+        ttl: calm_raft::LeaseTtl,
+    ) -> LeaseTimeToLiveResponse {
+        let keys = if request.keys && ttl.granted > 0 {
+            self.keyspace.state().lessor().keys(request.id)
+        } else {
+            Vec::new()
+        };
+        LeaseTimeToLiveResponse {
+            header: Some(self.keyspace.header()),
+            id: request.id,
+            ttl: ttl.ttl,
+            granted_ttl: ttl.granted,
+            keys,
+        }
+    }
+
+    /// Sends a batch to its watcher; a full channel pauses the watch (it
+    /// catches up from the store later, skipping nothing), a closed one
+    /// cancels it.
+    fn deliver(&mut self, id: WatchId, batch: WatchBatch) {
+        // The core's contract: after a failed send, every later batch held
+        // for the watch is dropped too; catch-up resends them.
+        if self.paused.contains(&id) {
+            return;
+        }
+        let Some(sender) = self.watchers.get(&id) else {
+            return;
+        };
+        let response = self.watch_response(&batch);
+        match sender.try_send(response) {
+            Ok(()) if batch.canceled => {
+                self.watchers.remove(&id);
+                self.keyspace.cancel_watch(id);
+            }
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.keyspace.pause_watch(id, &batch);
+                self.paused.insert(id);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.watchers.remove(&id);
+                self.keyspace.cancel_watch(id);
+            }
+        }
+    }
+
+    fn watch_response(&self, batch: &WatchBatch) -> WatchResponse {
+        let mut header = self.keyspace.header();
+        if batch.revision > 0 {
+            header.revision = batch.revision;
+        }
+        let compacted = batch.compact_revision > 0;
+        WatchResponse {
+            header: Some(header),
+            watch_id: 0,
+            created: false,
+            canceled: batch.canceled,
+            compact_revision: batch.compact_revision,
+            cancel_reason: if compacted {
+                "etcdserver: mvcc: required revision has been compacted".to_string()
+            } else {
+                String::new()
+            },
+            fragment: false,
+            events: batch.events.clone(),
+        }
+    }
+}
+
+fn status(error: KeyspaceError) -> Status {
+    Status::new(tonic::Code::from(error.code), error.message)
+}
+
+fn mismatch(reply: &Reply) -> Status {
+    Status::internal(format!("calm: unexpected reply {reply:?}"))
+}
+
+/// etcd's watch request as the core's plain spec.
+fn spec(request: &WatchCreateRequest) -> WatchSpec {
+    use calm_proto::etcd::etcdserverpb::watch_create_request::FilterType;
+    let filtered = |filter: FilterType| request.filters.contains(&(filter as i32));
+    WatchSpec {
+        key: request.key.clone(),
+        range_end: request.range_end.clone(),
+        start_revision: request.start_revision,
+        prev_kv: request.prev_kv,
+        no_put: filtered(FilterType::Noput),
+        no_delete: filtered(FilterType::Nodelete),
+        progress_notify: request.progress_notify,
+    }
+}
