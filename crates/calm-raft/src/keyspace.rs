@@ -18,8 +18,10 @@ use calm_storage::{ReadView, StorageError, WriteBatch};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::log::Membership;
 use crate::node::{
-    CommittedPayload, OutboundMessage, Output as RaftOutput, RaftConfig, RaftCore, RaftStatus,
+    CommittedPayload, ConfChangeOutcome, MembershipChange, OutboundMessage, Output as RaftOutput,
+    RaftConfig, RaftCore, RaftStatus,
 };
 use crate::state::{ApplyError, Outcome, Response, StateConfig, StateMachine};
 use crate::watch::{WatchBatch, WatchConfig, WatchError, WatchHub, WatchId, WatchSpec};
@@ -97,6 +99,8 @@ pub enum Reply {
     Txn(TxnResponse),
     /// To a lease question.
     Lease(LeaseTtl),
+    /// To a membership change: the membership it produced.
+    Membership(Membership),
 }
 
 /// Why a request failed, as etcd says it: a gRPC code (tonic's numbering)
@@ -237,6 +241,9 @@ pub struct Keyspace {
     leader: u64,
     term: u64,
     last_snapshot: u64,
+    /// The membership change this node proposed: (deadline, id, the ids
+    /// it changes).
+    membership_change: Option<(u64, RequestId, Vec<u64>)>,
     /// Requests waiting for a leader to be known, in arrival order.
     leaderless: Vec<Leaderless>,
     /// Raft's output, between the two halves of a turn.
@@ -256,7 +263,10 @@ impl Keyspace {
     ) -> Result<Keyspace, OpenError> {
         let state = StateMachine::load(config.state.clone(), view)
             .map_err(|e| OpenError::Invalid(e.to_string()))?;
-        let raft = if RaftCore::has_state(view).map_err(|e| OpenError::Invalid(e.to_string()))? {
+        let stored = RaftCore::has_state(view).map_err(|e| OpenError::Invalid(e.to_string()))?;
+        // A node not among the initial voters starts empty and waits to be
+        // added (MemberAdd); the leader then sends it a snapshot.
+        let raft = if stored || !voters.contains(&config.raft.id) {
             RaftCore::open(config.raft.clone(), view, state.applied())
         } else {
             RaftCore::bootstrap(config.raft.clone(), voters, batch)
@@ -278,6 +288,7 @@ impl Keyspace {
             leader: 0,
             term: 0,
             last_snapshot,
+            membership_change: None,
             leaderless: Vec::new(),
             pending: None,
             outputs: VecDeque::new(),
@@ -402,6 +413,45 @@ impl Keyspace {
         }
     }
 
+    /// Proposes a membership change (Raft §6: several at once go through a
+    /// joint configuration). Only one may be in flight at a time; the reply
+    /// is the membership it produced, once applied here.
+    pub fn change_membership(
+        &mut self,
+        id: RequestId,
+        changes: Vec<MembershipChange>,
+        now_ms: u64,
+    ) {
+        if self.membership_change.is_some() {
+            let busy = KeyspaceError {
+                code: 9,
+                message: "etcdserver: unhealthy cluster (a membership change is in progress)"
+                    .to_string(),
+            };
+            self.reply(id, Err(busy));
+            return;
+        }
+        match self.raft.propose_membership_change(&changes) {
+            Ok(()) => {
+                let deadline = now_ms + self.config.request_timeout_ms;
+                self.membership_change = Some((deadline, id, changed_ids(&changes)));
+            }
+            Err(error) => {
+                let error = KeyspaceError {
+                    code: 9,
+                    message: format!("etcdserver: {error}"),
+                };
+                self.reply(id, Err(error));
+            }
+        }
+    }
+
+    /// Whether this node is a voter or learner of the current membership.
+    pub fn is_member(&self) -> bool {
+        let status = self.raft.status();
+        status.voters.contains(&self.me) || status.learners.contains(&self.me)
+    }
+
     /// Hands leadership to voter `target`; refused on a follower (etcd's
     /// "not leader") or for a target that is not a voter.
     pub fn transfer_leader(&mut self, target: u64) -> Result<(), KeyspaceError> {
@@ -516,8 +566,10 @@ impl Keyspace {
                     let outcome = self.state.apply(entry.index, data, batch);
                     self.applied(outcome);
                 }
-                CommittedPayload::Empty | CommittedPayload::Membership { .. } => {
-                    self.state.skip(entry.index, batch)
+                CommittedPayload::Empty => self.state.skip(entry.index, batch),
+                CommittedPayload::Membership { changes, outcome } => {
+                    self.state.skip(entry.index, batch);
+                    self.membership_applied(changes, outcome);
                 }
             }
         }
@@ -675,6 +727,27 @@ impl Keyspace {
         }
     }
 
+    /// Answers the membership change this node proposed, if this is it
+    /// (one is in flight at a time, so the ids it names identify it).
+    fn membership_applied(&mut self, changes: &[MembershipChange], outcome: &ConfChangeOutcome) {
+        let ours =
+            matches!(&self.membership_change, Some((_, _, ids)) if *ids == changed_ids(changes));
+        if !ours {
+            return;
+        }
+        let Some((_, id, _)) = self.membership_change.take() else {
+            return;
+        };
+        let result = match outcome {
+            ConfChangeOutcome::Applied(membership) => Ok(Reply::Membership(membership.clone())),
+            ConfChangeOutcome::Rejected(reason) => Err(KeyspaceError {
+                code: 9,
+                message: format!("etcdserver: membership change rejected: {reason}"),
+            }),
+        };
+        self.reply(id, result);
+    }
+
     fn leader_changed(&mut self, leader: u64, term: u64, now_ms: u64) {
         let was_leader = self.leader == self.me;
         self.leader = leader;
@@ -786,6 +859,12 @@ impl Keyspace {
             }
             keep
         });
+        if let Some((deadline, id, _)) = &self.membership_change
+            && *deadline <= now_ms
+        {
+            late.push(*id);
+            self.membership_change = None;
+        }
         for id in late {
             self.reply(id, Err(KeyspaceError::timed_out()));
         }
@@ -808,7 +887,7 @@ impl Keyspace {
             Reply::Applied(response) => response.header_mut(),
             Reply::Range(response) => &mut response.header,
             Reply::Txn(response) => &mut response.header,
-            Reply::Lease(_) => return reply,
+            Reply::Lease(_) | Reply::Membership(_) => return reply,
         };
         self.fill(header.get_or_insert_with(ResponseHeader::default));
         reply
@@ -823,6 +902,22 @@ impl Keyspace {
         self.next_seq += 1;
         self.next_seq
     }
+}
+
+/// The member ids a change names, sorted (a promotion comes back from Raft
+/// as an added voter, so only ids are compared).
+fn changed_ids(changes: &[MembershipChange]) -> Vec<u64> {
+    let mut ids: Vec<u64> = changes
+        .iter()
+        .map(|change| match *change {
+            MembershipChange::AddVoter(id)
+            | MembershipChange::AddLearner(id)
+            | MembershipChange::PromoteLearner(id)
+            | MembershipChange::Remove(id) => id,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 fn decode_context(context: &[u8]) -> Option<u64> {

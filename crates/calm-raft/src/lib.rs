@@ -26,7 +26,8 @@ pub use keyspace::{
     Output, Read, Reply, RequestId,
 };
 pub use lease::{LeaseError, Lessor, LessorConfig};
+pub use log::Membership;
 pub use mvcc::{Applied, MVCC_META, MVCC_REVISIONS, Mvcc, MvccError, TXN_OPS_MAX};
-pub use node::{RaftConfig, RaftCore, RaftError, RaftStatus};
+pub use node::{MembershipChange, RaftConfig, RaftCore, RaftError, RaftStatus, Role};
 pub use state::{ApplyError, Outcome, Response, StateConfig, StateError, StateMachine, txn_writes};
 pub use watch::{WatchBatch, WatchConfig, WatchError, WatchHub, WatchId, WatchSpec};

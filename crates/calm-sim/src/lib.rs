@@ -70,6 +70,7 @@ mod bounded;
 mod check;
 mod config;
 mod ledger;
+pub mod linearizability;
 mod sim;
 
 pub use check::Violation;

@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use calm_proto::calm::raft::v1::command::Request;
 use calm_proto::etcd::etcdserverpb::{
     HashKvResponse, LeaseLeasesResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, Member, MemberListResponse, RangeRequest, RangeResponse,
-    ResponseHeader, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchResponse,
+    LeaseTimeToLiveResponse, Member, MemberAddRequest, MemberAddResponse, MemberListResponse,
+    MemberPromoteResponse, MemberRemoveResponse, RangeRequest, RangeResponse, ResponseHeader,
+    StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchResponse,
 };
 use calm_raft::{
-    Keyspace, KeyspaceConfig, KeyspaceError, LeaseQuestion, Output, RaftConfig, Read, Reply,
-    RequestId, Response, StateConfig, WatchBatch, WatchConfig, WatchId, WatchSpec,
+    Keyspace, KeyspaceConfig, KeyspaceError, LeaseQuestion, MembershipChange, Output, RaftConfig,
+    Read, Reply, RequestId, Response, StateConfig, WatchBatch, WatchConfig, WatchId, WatchSpec,
 };
 use calm_storage::{DiskEngine, Storage, WriteBatch};
 use calm_types::NodeId;
@@ -64,6 +65,21 @@ pub(super) enum EtcdCommand {
     Leases { reply: Answer<LeaseLeasesResponse> },
     /// The Raft members.
     Members { reply: Answer<MemberListResponse> },
+    /// Adds the node listening on one of `request.peer_ur_ls`.
+    MemberAdd {
+        request: MemberAddRequest,
+        reply: Answer<MemberAddResponse>,
+    },
+    /// Removes a member.
+    MemberRemove {
+        id: u64,
+        reply: Answer<MemberRemoveResponse>,
+    },
+    /// Promotes a learner.
+    MemberPromote {
+        id: u64,
+        reply: Answer<MemberPromoteResponse>,
+    },
     /// This member's status.
     Status { reply: Answer<StatusResponse> },
     /// The keyspace's hash at a revision.
@@ -84,6 +100,9 @@ enum Waiter {
     Txn(Answer<TxnResponse>),
     KeepAlive(Answer<i64>),
     TimeToLive(LeaseTimeToLiveRequest, Answer<LeaseTimeToLiveResponse>),
+    MemberAdd(u64, Answer<MemberAddResponse>),
+    MemberRemove(Answer<MemberRemoveResponse>),
+    MemberPromote(Answer<MemberPromoteResponse>),
 }
 
 /// Options of the coordinated keyspace on one node.
@@ -107,6 +126,8 @@ pub(super) struct Coordination {
     tick_ms: u64,
     waiters: HashMap<RequestId, Waiter>,
     watchers: HashMap<WatchId, mpsc::Sender<WatchResponse>>,
+    /// Every node's peer and client address, as the loop last published.
+    addresses: HashMap<NodeId, NodeAddresses>,
     /// Watches whose queue was full: they get nothing until it has room.
     paused: HashSet<WatchId>,
     next_request: u64,
@@ -151,6 +172,7 @@ impl Coordination {
             waiters: HashMap::new(),
             watchers: HashMap::new(),
             paused: HashSet::new(),
+            addresses: HashMap::new(),
             next_request: 0,
         })
     }
@@ -172,9 +194,29 @@ impl Coordination {
         self.keyspace.step(from.0, bytes, now_ms)
     }
 
-    /// A request from the etcd API (except `Members`, which needs the
-    /// loop's address book: see [`members`](Self::members)).
+    /// The address book member lists and MemberAdd use.
+    pub(super) fn set_addresses(&mut self, addresses: HashMap<NodeId, NodeAddresses>) {
+        self.addresses = addresses;
+    }
+
+    /// A request from the etcd API.
     pub(super) fn command(&mut self, command: EtcdCommand, now_ms: u64) {
+        let serves_locally = matches!(
+            command,
+            EtcdCommand::Members { .. }
+                | EtcdCommand::Status { .. }
+                | EtcdCommand::Progress { .. }
+                | EtcdCommand::Snapshot { .. }
+        );
+        if !serves_locally && !self.keyspace.is_member() {
+            // Not retryable here (etcd clients retry UNAVAILABLE at once):
+            // the client must pick another endpoint.
+            command.refuse(Status::failed_precondition(
+                "calm: this node is not a member of the coordinated keyspace yet \
+                 (add it with MemberAdd, or use a member's endpoint)",
+            ));
+            return;
+        }
         match command {
             EtcdCommand::Write { request, reply } => {
                 let id = self.wait(Waiter::Write(reply));
@@ -232,7 +274,33 @@ impl Coordination {
                 let _ = reply.send(Ok(LeaseLeasesResponse { header, leases }));
             }
             EtcdCommand::Members { reply } => {
-                let _ = reply.send(Err(Status::internal("member list routed wrongly")));
+                let _ = reply.send(Ok(self.members()));
+            }
+            EtcdCommand::MemberAdd { request, reply } => {
+                let Some(node) = self.node_at(&request.peer_ur_ls) else {
+                    let _ = reply.send(Err(Status::failed_precondition(format!(
+                        "calm: no node with peer URL {:?} has joined the cluster; start it with \
+                         --seeds first",
+                        request.peer_ur_ls
+                    ))));
+                    return;
+                };
+                let change = match request.is_learner {
+                    true => MembershipChange::AddLearner(node.0),
+                    false => MembershipChange::AddVoter(node.0),
+                };
+                let id = self.wait(Waiter::MemberAdd(node.0, reply));
+                self.keyspace.change_membership(id, vec![change], now_ms);
+            }
+            EtcdCommand::MemberRemove { id: member, reply } => {
+                let id = self.wait(Waiter::MemberRemove(reply));
+                let change = vec![MembershipChange::Remove(member)];
+                self.keyspace.change_membership(id, change, now_ms);
+            }
+            EtcdCommand::MemberPromote { id: member, reply } => {
+                let id = self.wait(Waiter::MemberPromote(reply));
+                let change = vec![MembershipChange::PromoteLearner(member)];
+                self.keyspace.change_membership(id, change, now_ms);
             }
             EtcdCommand::Status { reply } => {
                 let _ = reply.send(Ok(self.keyspace.status()));
@@ -249,35 +317,13 @@ impl Coordination {
         }
     }
 
-    /// The member list, with addresses from `addresses(node)` (peer,
-    /// client).
-    pub(super) fn members(
-        &self,
-        addresses: impl Fn(NodeId) -> (Option<SocketAddr>, Option<SocketAddr>),
-    ) -> MemberListResponse {
+    /// The member list: Raft's voters and learners with their addresses.
+    fn members(&self) -> MemberListResponse {
         let status = self.keyspace.raft_status();
-        let member = |id: u64, is_learner: bool| {
-            let (peer, client) = addresses(NodeId(id));
-            Member {
-                id,
-                name: format!("n{id}"),
-                peer_ur_ls: peer.map(|a| format!("http://{a}")).into_iter().collect(),
-                client_ur_ls: client.map(|a| format!("http://{a}")).into_iter().collect(),
-                is_learner,
-            }
-        };
-        let members = status
-            .voters
-            .iter()
-            .map(|&id| member(id, false))
-            .chain(status.learners.iter().map(|&id| member(id, true)))
-            .collect();
-        // etcd's member list header carries no revision: membership is not
-        // part of the keyspace.
-        let mut header = self.keyspace.header();
-        header.revision = 0;
+        let members = self.member_rows(&status.voters, &status.learners);
+        // etcd's member list header carries no revision.
         MemberListResponse {
-            header: Some(header),
+            header: self.membership_header(),
             members,
         }
     }
@@ -339,6 +385,46 @@ impl Coordination {
 
     // ---- Internals ----
 
+    fn member(&self, id: u64, is_learner: bool) -> Member {
+        let addresses = self.addresses.get(&NodeId(id));
+        let url =
+            |addr: Option<SocketAddr>| addr.map(|a| format!("http://{a}")).into_iter().collect();
+        Member {
+            id,
+            name: format!("n{id}"),
+            peer_ur_ls: url(addresses.and_then(|a| a.peer)),
+            client_ur_ls: url(addresses.and_then(|a| a.client)),
+            is_learner,
+        }
+    }
+
+    fn member_rows(&self, voters: &[u64], learners: &[u64]) -> Vec<Member> {
+        voters
+            .iter()
+            .map(|&id| self.member(id, false))
+            .chain(learners.iter().map(|&id| self.member(id, true)))
+            .collect()
+    }
+
+    /// The node whose peer address is one of `urls` (`http://host:port`).
+    fn node_at(&self, urls: &[String]) -> Option<NodeId> {
+        let wanted: Vec<SocketAddr> = urls
+            .iter()
+            .filter_map(|url| url.rsplit("://").next()?.trim_end_matches('/').parse().ok())
+            .collect();
+        self.addresses
+            .iter()
+            .find(|(_, a)| a.peer.is_some_and(|peer| wanted.contains(&peer)))
+            .map(|(&node, _)| node)
+    }
+
+    /// A header without a revision: membership is not part of the keyspace.
+    fn membership_header(&self) -> Option<ResponseHeader> {
+        let mut header = self.keyspace.header();
+        header.revision = 0;
+        Some(header)
+    }
+
     fn wait(&mut self, waiter: Waiter) -> RequestId {
         self.next_request += 1;
         let id = RequestId(self.next_request);
@@ -373,6 +459,34 @@ impl Coordination {
             Waiter::KeepAlive(reply) => {
                 let _ = reply.send(result.and_then(|r| match r {
                     Reply::Lease(ttl) => Ok(ttl.ttl),
+                    other => Err(mismatch(&other)),
+                }));
+            }
+            Waiter::MemberAdd(node, reply) => {
+                let _ = reply.send(result.and_then(|r| match r {
+                    Reply::Membership(m) => Ok(MemberAddResponse {
+                        header: self.membership_header(),
+                        member: Some(self.member(node, m.learners.contains(&node))),
+                        members: self.member_rows(&m.voters, &m.learners),
+                    }),
+                    other => Err(mismatch(&other)),
+                }));
+            }
+            Waiter::MemberRemove(reply) => {
+                let _ = reply.send(result.and_then(|r| match r {
+                    Reply::Membership(m) => Ok(MemberRemoveResponse {
+                        header: self.membership_header(),
+                        members: self.member_rows(&m.voters, &m.learners),
+                    }),
+                    other => Err(mismatch(&other)),
+                }));
+            }
+            Waiter::MemberPromote(reply) => {
+                let _ = reply.send(result.and_then(|r| match r {
+                    Reply::Membership(m) => Ok(MemberPromoteResponse {
+                        header: self.membership_header(),
+                        members: self.member_rows(&m.voters, &m.learners),
+                    }),
                     other => Err(mismatch(&other)),
                 }));
             }
@@ -478,5 +592,37 @@ fn spec(request: &WatchCreateRequest) -> WatchSpec {
         no_put: filtered(FilterType::Noput),
         no_delete: filtered(FilterType::Nodelete),
         progress_notify: request.progress_notify,
+    }
+}
+
+/// A node's addresses as the loop knows them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct NodeAddresses {
+    pub(super) peer: Option<SocketAddr>,
+    pub(super) client: Option<SocketAddr>,
+}
+
+impl EtcdCommand {
+    /// Answers the command with `status` without serving it.
+    pub(super) fn refuse(self, status: Status) {
+        match self {
+            EtcdCommand::Write { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::Range { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::ReadTxn { reply, .. } => drop(reply.send(Err(status))),
+            // Dropping the sender ends the watch stream.
+            EtcdCommand::Watch { .. } => {}
+            EtcdCommand::Progress { reply } => drop(reply.send(Err(status))),
+            EtcdCommand::KeepAlive { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::TimeToLive { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::Leases { reply } => drop(reply.send(Err(status))),
+            EtcdCommand::Members { reply } => drop(reply.send(Err(status))),
+            EtcdCommand::MemberAdd { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::MemberRemove { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::MemberPromote { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::Status { reply } => drop(reply.send(Err(status))),
+            EtcdCommand::HashKv { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::MoveLeader { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::Snapshot { reply } => drop(reply.send(Err(status))),
+        }
     }
 }

@@ -165,29 +165,39 @@ impl Coordinated for NodeHandle {
         self.etcd(|reply| EtcdCommand::Members { reply }).await
     }
 
-    async fn member_add(&self, _request: MemberAddRequest) -> Result<MemberAddResponse, Status> {
-        Err(membership_changes())
+    async fn member_add(&self, request: MemberAddRequest) -> Result<MemberAddResponse, Status> {
+        self.etcd(|reply| EtcdCommand::MemberAdd { request, reply })
+            .await
     }
 
     async fn member_remove(
         &self,
-        _request: MemberRemoveRequest,
+        request: MemberRemoveRequest,
     ) -> Result<MemberRemoveResponse, Status> {
-        Err(membership_changes())
+        let id = request.id;
+        self.etcd(|reply| EtcdCommand::MemberRemove { id, reply })
+            .await
     }
 
     async fn member_update(
         &self,
         _request: MemberUpdateRequest,
     ) -> Result<MemberUpdateResponse, Status> {
-        Err(membership_changes())
+        // A member's addresses are its own: it advertises them through
+        // gossip, so there is nothing for an operator to update.
+        Err(Status::failed_precondition(
+            "calm: a member's peer URLs are the addresses it advertises (--advertise-peer); \
+             restart it with new ones instead",
+        ))
     }
 
     async fn member_promote(
         &self,
-        _request: MemberPromoteRequest,
+        request: MemberPromoteRequest,
     ) -> Result<MemberPromoteResponse, Status> {
-        Err(membership_changes())
+        let id = request.id;
+        self.etcd(|reply| EtcdCommand::MemberPromote { id, reply })
+            .await
     }
 
     async fn status(&self) -> Result<StatusResponse, Status> {
@@ -231,8 +241,4 @@ impl Coordinated for NodeHandle {
         );
         Ok(blob)
     }
-}
-
-fn membership_changes() -> Status {
-    Status::unimplemented("calm: Raft membership changes through the etcd API are not served yet")
 }

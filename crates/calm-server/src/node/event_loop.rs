@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as TokioInstant;
 
 use super::anti_entropy::{AeEffects, AeFrame, AntiEntropy};
-use super::coordination::{Coordination, EtcdCommand};
+use super::coordination::{Coordination, EtcdCommand, NodeAddresses};
 use super::gossip::{Addresses, RingGossip};
 use super::{Command, NodeOptions, Shared, StartError, View, meta, millis};
 use crate::backend::{BackendError, MemberInfo, state_label};
@@ -131,7 +131,9 @@ impl Core {
         let mut gossip = meta::load_ring(&storage)?;
         let ring = gossip.log.ring(options.ring)?;
         let coordination = match &options.coordination {
-            Some(coordination) if coordination.voters.contains(&me) => Some(
+            // Every node runs the keyspace; one not among the initial voters
+            // starts empty until MemberAdd brings it in.
+            Some(coordination) => Some(
                 Coordination::open(me, &options.cluster, coordination.clone(), &storage)
                     .map_err(StartError::Coordination)?,
             ),
@@ -460,25 +462,13 @@ impl Core {
 
     fn etcd(&mut self, command: EtcdCommand) {
         let now = self.now_ms();
-        let Some(coordination) = &self.coordination else {
-            refuse_etcd(command);
+        let Some(coordination) = &mut self.coordination else {
+            command.refuse(tonic::Status::unavailable(
+                "calm: this node runs no coordinated keyspace (start it with --raft-voters)",
+            ));
             return;
         };
-        if let EtcdCommand::Members { reply } = command {
-            let members = coordination.members(|node| {
-                let peer = match node == self.me {
-                    true => Some(self.shared.peer_addr),
-                    false => self.peer_addr(node),
-                };
-                let client = self.gossip.directory.get(node).map(|a| a.client);
-                (peer, client)
-            });
-            let _ = reply.send(Ok(members));
-            return;
-        }
-        if let Some(coordination) = &mut self.coordination {
-            coordination.command(command, now);
-        }
+        coordination.command(command, now);
         self.writes_this_turn += 1;
         self.send_raft();
     }
@@ -798,6 +788,7 @@ impl Core {
     /// Publishes the member table and addresses for the handles.
     fn publish(&mut self) {
         self.update_ready();
+        self.publish_addresses();
         let ownership = self.replica.placement().ownership();
         let members: Vec<MemberInfo> = self
             .membership
@@ -824,6 +815,29 @@ impl Core {
             keys: self.replica.keys() as u64,
         };
         *self.shared.view() = view;
+    }
+
+    /// Gives the coordinated keyspace every node's addresses, for etcd's
+    /// member list and MemberAdd.
+    fn publish_addresses(&mut self) {
+        if self.coordination.is_none() {
+            return;
+        }
+        let mut addresses: HashMap<NodeId, NodeAddresses> = HashMap::new();
+        for (node, known) in self.gossip.directory.iter() {
+            let entry = addresses.entry(node).or_default();
+            entry.peer = Some(known.peer);
+            entry.client = Some(known.client);
+        }
+        for (&node, &peer) in &self.peer_addrs {
+            addresses.entry(node).or_default().peer = Some(peer);
+        }
+        let me = addresses.entry(self.me).or_default();
+        me.peer = Some(self.shared.peer_addr);
+        me.client = Some(self.shared.client_addr);
+        if let Some(coordination) = &mut self.coordination {
+            coordination.set_addresses(addresses);
+        }
     }
 
     fn mirror_metrics(&mut self) {
@@ -957,29 +971,5 @@ fn channel_label(channel: Channel) -> &'static str {
         Channel::Raft => "raft",
         Channel::AntiEntropy => "anti_entropy",
         Channel::Ring => "ring",
-    }
-}
-
-/// Answers an etcd request on a node that is not a voter.
-fn refuse_etcd(command: EtcdCommand) {
-    let status = || {
-        tonic::Status::unavailable(
-            "calm: this node is not a voter of the coordinated keyspace; use a voter's endpoint",
-        )
-    };
-    match command {
-        EtcdCommand::Write { reply, .. } => drop(reply.send(Err(status()))),
-        EtcdCommand::Range { reply, .. } => drop(reply.send(Err(status()))),
-        EtcdCommand::ReadTxn { reply, .. } => drop(reply.send(Err(status()))),
-        EtcdCommand::Watch { .. } => {}
-        EtcdCommand::Progress { reply } => drop(reply.send(Err(status()))),
-        EtcdCommand::KeepAlive { reply, .. } => drop(reply.send(Err(status()))),
-        EtcdCommand::TimeToLive { reply, .. } => drop(reply.send(Err(status()))),
-        EtcdCommand::Leases { reply } => drop(reply.send(Err(status()))),
-        EtcdCommand::Members { reply } => drop(reply.send(Err(status()))),
-        EtcdCommand::Status { reply } => drop(reply.send(Err(status()))),
-        EtcdCommand::HashKv { reply, .. } => drop(reply.send(Err(status()))),
-        EtcdCommand::MoveLeader { reply, .. } => drop(reply.send(Err(status()))),
-        EtcdCommand::Snapshot { reply } => drop(reply.send(Err(status()))),
     }
 }
