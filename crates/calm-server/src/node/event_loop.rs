@@ -505,7 +505,11 @@ impl Core {
         if !self.transport.shutdown(grace).await {
             tracing::warn!("some peer messages were not written before the deadline");
         }
-        if let Some(done) = self.stopping.take() {
+        // Close the store before saying so: whoever waits for the stop may
+        // reopen the data directory at once.
+        let done = self.stopping.take();
+        drop(self);
+        if let Some(done) = done {
             let _ = done.send(());
         }
     }
