@@ -620,6 +620,18 @@ impl Keyspace {
         header
     }
 
+    /// A header for a watch progress notification: the applied revision,
+    /// lowered to what every watcher here has been sent, so a progress
+    /// response never claims a revision some watcher still owes events
+    /// below.
+    pub fn progress_header(&self) -> ResponseHeader {
+        let mut header = self.header();
+        if let Some(floor) = self.hub.progress_floor() {
+            header.revision = header.revision.min(floor);
+        }
+        header
+    }
+
     /// Fills a header's cluster, member and term.
     pub fn fill(&self, header: &mut ResponseHeader) {
         header.cluster_id = self.config.cluster_id;

@@ -423,6 +423,18 @@ impl WatchHub {
         self.watchers.get(&id).map(|watcher| watcher.next_revision)
     }
 
+    /// The highest revision every watcher has been sent everything up to:
+    /// what a progress notification may promise (etcd sends one only when
+    /// no watcher is behind; this lowers it instead). `None` when every
+    /// watcher is synced.
+    pub fn progress_floor(&self) -> Option<i64> {
+        self.watchers
+            .values()
+            .filter(|watcher| watcher.sync != SyncState::Synced)
+            .map(|watcher| watcher.next_revision - 1)
+            .min()
+    }
+
     /// Up to `catch_up_watchers_max` unsynced watchers, starting after the
     /// last one served, so every behind watcher gets its turn.
     fn round_of_unsynced(&self) -> Vec<WatchId> {

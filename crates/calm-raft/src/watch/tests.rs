@@ -710,3 +710,25 @@ proptest! {
         run_steps(config, &steps);
     }
 }
+
+#[test]
+fn progress_never_promises_a_revision_a_paused_watcher_is_still_owed() {
+    // etcd API guarantee: after a progress notification at revision R, a
+    // watcher receives no event at or below R.
+    let mut w = World::new(WatchConfig::default());
+    let (id, _) = w.create(spec("a", "", 0));
+    assert_eq!(w.hub.progress_floor(), None, "everyone synced");
+    w.put("a", "1");
+    w.put("a", "2");
+    let batches = w.put("a", "3");
+    let (_, undelivered) = batches
+        .into_iter()
+        .find(|(to, _)| *to == id)
+        .expect("routed");
+    let owed_from = undelivered.first_revision().expect("an event");
+    w.hub.pause(id, owed_from);
+    assert_eq!(w.hub.progress_floor(), Some(owed_from - 1));
+    w.hub.resume(id);
+    w.hub.catch_up(&w.mvcc);
+    assert_eq!(w.hub.progress_floor(), None, "caught up again");
+}

@@ -256,7 +256,7 @@ impl Coordination {
                 }
             },
             EtcdCommand::Progress { reply } => {
-                let _ = reply.send(Ok(self.keyspace.header()));
+                let _ = reply.send(Ok(self.keyspace.progress_header()));
             }
             EtcdCommand::KeepAlive { id: lease, reply } => {
                 let id = self.wait(Waiter::KeepAlive(reply));
