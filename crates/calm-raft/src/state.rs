@@ -628,3 +628,252 @@ fn decode_alarms(bytes: &[u8]) -> Result<Vec<AlarmMember>, StateError> {
         .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use calm_proto::etcd::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
+    use calm_storage::{Limits, MemoryEngine, Storage};
+
+    use super::*;
+
+    /// A state machine whose every batch lands in a memory engine, so a
+    /// test can reload what was written.
+    struct Harness {
+        state: StateMachine,
+        engine: MemoryEngine,
+        index: u64,
+    }
+
+    impl Harness {
+        fn new(config: StateConfig) -> Harness {
+            Harness {
+                state: StateMachine::new(config),
+                engine: MemoryEngine::new(Limits::default()),
+                index: 1,
+            }
+        }
+
+        fn apply(&mut self, request: Request) -> Result<Response, ApplyError> {
+            self.index += 1;
+            let command = Command {
+                proposal: self.index,
+                proposer: 1,
+                request: Some(request),
+            };
+            let mut batch = WriteBatch::new();
+            let outcome = self
+                .state
+                .apply(self.index, &command.encode_to_vec(), &mut batch);
+            self.engine
+                .write(&batch)
+                .expect("the batch is within limits");
+            assert_eq!(
+                outcome.proposal, self.index,
+                "the proposal number comes back"
+            );
+            outcome.result
+        }
+
+        fn put(&mut self, key: &str, value: &str, lease: i64) -> Result<Response, ApplyError> {
+            self.apply(Request::Put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                lease,
+                ..PutRequest::default()
+            }))
+        }
+
+        fn get(&self, key: &str) -> Option<Vec<u8>> {
+            let request = RangeRequest {
+                key: key.into(),
+                ..RangeRequest::default()
+            };
+            let response = self.state.range(&request).expect("a range");
+            response.kvs.first().map(|kv| kv.value.clone())
+        }
+
+        fn reloaded(&self) -> StateMachine {
+            StateMachine::load(self.state.config.clone(), &self.engine).expect("it loads")
+        }
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_at_one_revision() {
+        // etcd: a revoke deletes every attached key in one txn.
+        let mut h = Harness::new(StateConfig::default());
+        let grant = LeaseGrantRequest { ttl: 60, id: 7 };
+        h.apply(Request::LeaseGrant(grant)).expect("granted");
+        h.put("a", "1", 7).expect("put on the lease");
+        h.put("b", "2", 7).expect("put on the lease");
+        h.put("c", "3", 0).expect("put without a lease");
+        let before = h.state.mvcc().revision();
+        h.apply(Request::LeaseRevoke(LeaseRevokeRequest { id: 7 }))
+            .expect("revoked");
+        assert_eq!(
+            h.state.mvcc().revision(),
+            before + 1,
+            "one revision for both"
+        );
+        assert_eq!((h.get("a"), h.get("b")), (None, None));
+        assert_eq!(h.get("c"), Some(b"3".to_vec()), "unleased keys stay");
+        assert!(!h.state.lessor().exists(7));
+    }
+
+    #[test]
+    fn a_put_on_a_missing_lease_is_refused_and_changes_nothing() {
+        let mut h = Harness::new(StateConfig::default());
+        let before = h.state.mvcc().revision();
+        let refused = h.put("a", "1", 99);
+        assert!(matches!(
+            refused,
+            Err(ApplyError::Mvcc(MvccError::LeaseNotFound { .. }))
+        ));
+        assert_eq!(h.state.mvcc().revision(), before);
+        assert_eq!(
+            h.state.applied(),
+            h.index,
+            "the entry still counts as applied"
+        );
+    }
+
+    #[test]
+    fn a_key_moved_to_another_lease_leaves_the_first_one() {
+        let mut h = Harness::new(StateConfig::default());
+        for id in [1, 2] {
+            h.apply(Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id }))
+                .expect("granted");
+        }
+        h.put("k", "v1", 1).expect("on lease 1");
+        h.put("k", "v2", 2).expect("moved to lease 2");
+        assert!(h.state.lessor().keys(1).is_empty());
+        h.apply(Request::LeaseRevoke(LeaseRevokeRequest { id: 1 }))
+            .expect("revoked");
+        assert_eq!(
+            h.get("k"),
+            Some(b"v2".to_vec()),
+            "revoking the old lease spares it"
+        );
+    }
+
+    #[test]
+    fn past_the_quota_writes_raise_nospace_and_reads_go_on() {
+        // etcd's quota: the alarm is raised, writes refused, reads served,
+        // and disarming it lets writes through again once space is freed.
+        let config = StateConfig {
+            quota_bytes: 400,
+            ..StateConfig::default()
+        };
+        let mut h = Harness::new(config);
+        let mut refused = None;
+        for i in 0..20 {
+            if let Err(error) = h.put(&format!("key-{i}"), "a value of some length", 0) {
+                refused = Some(error);
+                break;
+            }
+        }
+        assert_eq!(refused, Some(ApplyError::NoSpace));
+        assert_eq!(h.state.alarms().len(), 1, "NOSPACE raised");
+        assert_eq!(
+            h.put("small", "x", 0),
+            Err(ApplyError::NoSpace),
+            "every write"
+        );
+        assert!(h.get("key-0").is_some(), "reads are served");
+        let deleted = h.apply(Request::DeleteRange(DeleteRangeRequest {
+            key: b"key-".to_vec(),
+            range_end: b"key.".to_vec(),
+            ..DeleteRangeRequest::default()
+        }));
+        assert!(deleted.is_ok(), "deletes are allowed under the alarm");
+        let revision = h.state.mvcc().revision();
+        h.apply(Request::Compaction(
+            calm_proto::etcd::etcdserverpb::CompactionRequest {
+                revision,
+                physical: false,
+            },
+        ))
+        .expect("compacted");
+        h.apply(Request::Alarm(AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            member_id: 0,
+            alarm: AlarmType::Nospace as i32,
+        }))
+        .expect("disarmed");
+        assert!(h.state.alarms().is_empty());
+        assert!(h.put("small", "x", 0).is_ok(), "writes resume");
+        let reloaded = h.reloaded();
+        assert!(reloaded.alarms().is_empty(), "the alarm state is durable");
+    }
+
+    #[test]
+    fn what_was_written_reloads_to_the_same_state_and_snapshot() {
+        let mut h = Harness::new(StateConfig::default());
+        h.apply(Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 3 }))
+            .expect("granted");
+        h.put("a", "1", 3).expect("put");
+        h.put("b", "2", 0).expect("put");
+        h.apply(Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: 5,
+            alarm: AlarmType::Corrupt as i32,
+        }))
+        .expect("alarm raised");
+        let reloaded = h.reloaded();
+        assert_eq!(reloaded.applied(), h.state.applied());
+        assert_eq!(reloaded.snapshot(), h.state.snapshot());
+        assert_eq!(
+            reloaded.lessor().keys(3),
+            vec![b"a".to_vec()],
+            "attachments rebuilt"
+        );
+
+        // A follower restoring the snapshot reaches the same state.
+        let mut follower = StateMachine::new(StateConfig::default());
+        let mut batch = WriteBatch::new();
+        follower
+            .restore(&h.state.snapshot(), &mut batch)
+            .expect("restores");
+        assert_eq!(follower.snapshot(), h.state.snapshot());
+        assert_eq!(follower.applied(), h.state.applied());
+    }
+
+    #[test]
+    fn garbage_entries_and_snapshots_are_errors_not_panics() {
+        let mut state = StateMachine::new(StateConfig::default());
+        let mut batch = WriteBatch::new();
+        let outcome = state.apply(2, &[0xff, 0xff, 0x01], &mut batch);
+        assert!(matches!(outcome.result, Err(ApplyError::Decode(_))));
+        assert_eq!(state.applied(), 2, "a bad entry is still consumed");
+        assert!(state.restore(b"not a snapshot", &mut batch).is_err());
+    }
+
+    #[test]
+    fn txn_responses_carry_the_txn_revision_inside() {
+        // etcd fills each inner response's header with the txn's revision.
+        let mut h = Harness::new(StateConfig::default());
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    ..PutRequest::default()
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        let Ok(Response::Txn(response)) = h.apply(Request::Txn(txn)) else {
+            panic!("the txn applies");
+        };
+        let revision = h.state.mvcc().revision();
+        let inner = response.responses[0].response.as_ref().expect("a response");
+        let request_op_response = match inner {
+            calm_proto::etcd::etcdserverpb::response_op::Response::ResponsePut(put) => put,
+            other => panic!("a put response, got {other:?}"),
+        };
+        assert_eq!(
+            request_op_response.header.as_ref().map(|h| h.revision),
+            Some(revision)
+        );
+    }
+}
