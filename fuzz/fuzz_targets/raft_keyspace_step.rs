@@ -33,8 +33,11 @@ fuzz_target!(|data: &[u8]| {
     let mut before = WriteBatch::new();
     if keyspace.before_sync(&mut before).is_ok() {
         let _ = engine.write(&before);
-        let mut after = WriteBatch::new();
-        let _ = keyspace.after_sync(&mut after, 0);
+        if let Ok(batches) = keyspace.after_sync(0) {
+            for batch in &batches {
+                let _ = engine.write(batch);
+            }
+        }
     }
     while keyspace.poll().is_some() {}
 });

@@ -30,6 +30,10 @@ use crate::watch::{WatchBatch, WatchConfig, WatchError, WatchHub, WatchId, Watch
 /// whose semantics calm implements.
 pub const ETCD_VERSION: &str = "3.5.0";
 
+/// About how many storage operations one batch of applied entries holds
+/// before the next entry starts a new one.
+pub const APPLY_BATCH_OPS: usize = 4096;
+
 /// A caller's name for one request; replies carry it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
@@ -219,9 +223,9 @@ pub enum OpenError {
 ///    Raft tick; serializable reads straight from [`state`](Self::state);
 /// 2. [`before_sync`](Self::before_sync) with a fresh batch; write the
 ///    batch to storage; [`Output::Send`]s polled now may leave at once;
-/// 3. sync storage; then [`after_sync`](Self::after_sync) with another
-///    batch, and write it (the next turn's sync makes it durable: a crash
-///    before it replays the entries from the log);
+/// 3. sync storage; then [`after_sync`](Self::after_sync), and write the
+///    batches it returns, in order (the next turn's sync makes them
+///    durable: a crash before it replays the entries from the log);
 /// 4. carry out every [`poll`](Self::poll)ed output.
 pub struct Keyspace {
     me: u64,
@@ -552,15 +556,25 @@ impl Keyspace {
     }
 
     /// After the sync: the held messages, a snapshot to restore, committed
-    /// entries to apply (their writes into `batch`), reads to serve.
-    pub fn after_sync(&mut self, batch: &mut WriteBatch, now_ms: u64) -> Result<(), String> {
+    /// entries to apply, reads to serve. Returns the batches the driver
+    /// writes, in order: one ready can commit tens of thousands of entries,
+    /// so their writes are cut between entries into batches of about
+    /// [`APPLY_BATCH_OPS`] operations, each ending with the applied index
+    /// of its last entry (so every batch leaves a consistent state behind).
+    pub fn after_sync(&mut self, now_ms: u64) -> Result<Vec<WriteBatch>, String> {
         let Some(mut output) = self.pending.take() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         for message in std::mem::take(&mut output.messages_after_sync) {
             self.send_raft(message);
         }
+        let mut batches = vec![WriteBatch::new()];
         for entry in &output.committed {
+            if batches.last().is_some_and(|b| b.len() >= APPLY_BATCH_OPS) {
+                batches.push(WriteBatch::new());
+            }
+            // `batches` is never empty: it starts with one and only grows.
+            let batch = batches.last_mut().expect("a batch");
             match &entry.payload {
                 CommittedPayload::Normal(data) => {
                     let outcome = self.state.apply(entry.index, data, batch);
@@ -584,9 +598,12 @@ impl Keyspace {
                 self.indexed.insert((ready.index, seq), (id, read));
             }
         }
-        self.maybe_compact(batch, output.snapshot_wanted);
+        if let Some(batch) = batches.last_mut() {
+            self.maybe_compact(batch, output.snapshot_wanted);
+        }
         self.serve_reads();
-        Ok(())
+        batches.retain(|batch| !batch.is_empty());
+        Ok(batches)
     }
 
     // ---- Outputs ----

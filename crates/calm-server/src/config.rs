@@ -114,7 +114,7 @@ pub struct NodeConfig {
     /// election timeout is 10 heartbeats). Default 10.
     pub raft_election_ticks: usize,
     /// Applied entries between state snapshots and Raft log compactions
-    /// (etcd's `--snapshot-count`). Default 10,000.
+    /// (etcd's `--snapshot-count`). Default 100,000, as etcd 3.4.
     pub snapshot_count: u64,
     /// The coordinated keyspace's size quota in bytes (etcd's
     /// `--quota-backend-bytes`). Default 2 GiB.
@@ -151,7 +151,7 @@ impl Default for NodeConfig {
             raft_voters: Vec::new(),
             raft_tick_ms: 100,
             raft_election_ticks: 10,
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             raft_lease_reads: false,
         }
@@ -550,7 +550,7 @@ pub struct NodeArgs {
     /// Raft ticks per election timeout, 3..=100 [default: 10].
     #[arg(long, env = "CALM_RAFT_ELECTION_TICKS", value_name = "N")]
     pub raft_election_ticks: Option<usize>,
-    /// Applied entries between snapshots, 100.. [default: 10000].
+    /// Applied entries between snapshots, 100.. [default: 100000].
     #[arg(long, env = "CALM_SNAPSHOT_COUNT", value_name = "N")]
     pub snapshot_count: Option<u64>,
     /// The coordinated keyspace's quota in bytes [default: 2147483648].

@@ -71,7 +71,7 @@ pub async fn start(config: &NodeConfig) -> Result<RunningServer, ServerError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let storage = DiskEngine::open(config.data_dir.join(STORE_FILE), Limits::default())?;
+    let storage = DiskEngine::open(config.data_dir.join(STORE_FILE), store_limits())?;
     let node_id = node::node_identity(&storage, config.node_id)?;
     let client = listen("client", config.listen_client).await?;
     let admin = listen("admin", config.listen_admin).await?;
@@ -188,4 +188,16 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
 fn client_routes(backend: Arc<NodeHandle>, metrics: Arc<Metrics>) -> tonic::service::Routes {
     let routes = crate::api::routes(Arc::clone(&backend), metrics);
     crate::etcd::add_routes(routes, backend, crate::etcd::Limits::default())
+}
+
+/// The store's bounds. One batch must hold a single Raft entry's whole
+/// effect, which can be large (a lease revoke deleting every key on the
+/// lease, a compaction, a snapshot restore), so batches may be far larger
+/// than the storage crate's defaults.
+fn store_limits() -> Limits {
+    Limits {
+        batch_ops_max: 4_000_000,
+        batch_bytes_max: 1024 * 1024 * 1024,
+        ..Limits::default()
+    }
 }

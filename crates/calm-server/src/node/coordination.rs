@@ -345,9 +345,9 @@ impl Coordination {
         self.keyspace.before_sync(batch)
     }
 
-    /// After the sync: applies what committed, writing into `batch`.
-    pub(super) fn after_sync(&mut self, batch: &mut WriteBatch, now_ms: u64) -> Result<(), String> {
-        self.keyspace.after_sync(batch, now_ms)
+    /// After the sync: applies what committed; the batches to write.
+    pub(super) fn after_sync(&mut self, now_ms: u64) -> Result<Vec<WriteBatch>, String> {
+        self.keyspace.after_sync(now_ms)
     }
 
     /// Carries out the core's outputs: replies and watch batches here,

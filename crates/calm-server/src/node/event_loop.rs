@@ -402,6 +402,16 @@ impl Core {
         }
     }
 
+    /// Stops taking requests after a failure the node cannot recover from
+    /// in place; a restart reloads the durable state.
+    fn stop_serving(&mut self) {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        if let Some(coordination) = &mut self.coordination {
+            coordination.shut_down();
+        }
+        self.coordination = None;
+    }
+
     /// Writes Raft's ready into storage (unsynced); whether it wrote.
     fn raft_before_sync(&mut self) -> bool {
         let Some(coordination) = &mut self.coordination else {
@@ -436,14 +446,22 @@ impl Core {
         let Some(coordination) = &mut self.coordination else {
             return;
         };
-        let mut batch = calm_storage::WriteBatch::new();
-        if let Err(error) = coordination.after_sync(&mut batch, now) {
-            tracing::error!(%error, "could not apply committed entries");
-        }
+        let batches = match coordination.after_sync(now) {
+            Ok(batches) => batches,
+            Err(error) => {
+                tracing::error!(%error, "could not apply committed entries");
+                self.stop_serving();
+                return;
+            }
+        };
         let storage = self.replica.storage();
-        if let Err(error) = in_place(|| storage.write(&batch)) {
+        let written = in_place(|| batches.iter().try_for_each(|batch| storage.write(batch)));
+        if let Err(error) = written {
+            // The state in memory is ahead of the store: serving on would
+            // answer from state a restart could not reproduce.
             tracing::error!(%error, "could not write the applied state");
-            self.shared.ready.store(false, Ordering::Relaxed);
+            self.stop_serving();
+            return;
         }
         self.send_raft();
     }
