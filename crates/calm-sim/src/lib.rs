@@ -71,6 +71,7 @@ mod check;
 mod config;
 mod ledger;
 pub mod linearizability;
+pub mod raft;
 mod sim;
 
 pub use check::Violation;

@@ -15,6 +15,9 @@ use calm_types::NodeId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "sim/raft.rs"]
+mod raft;
+
 /// Virtual time for membership to form before anything else happens.
 const WARM_UP_MS: u64 = 3_000;
 /// Virtual time `settle` may take after a heal.
@@ -219,7 +222,7 @@ fn chaos(seed: u64) -> Result<Simulation, Violation> {
 }
 
 /// The number in environment variable `name`, or `default` if it is unset.
-fn env_number(name: &str, default: u64) -> u64 {
+pub(crate) fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Err(_) => default,
         Ok(text) => text
