@@ -7,7 +7,7 @@
 //! it requests (each with a caller-chosen [`RequestId`]), peer messages and
 //! ticks, persist what it writes, and carry out what it outputs.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use calm_proto::calm::raft::v1::{Command, command::Request};
 use calm_proto::etcd::etcdserverpb::{
@@ -18,7 +18,7 @@ use calm_storage::{ReadView, StorageError, WriteBatch};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::log::Membership;
+use crate::log::{Membership, STATE_KEYSPACE};
 use crate::node::{
     CommittedPayload, ConfChangeOutcome, MembershipChange, OutboundMessage, Output as RaftOutput,
     RaftConfig, RaftCore, RaftStatus,
@@ -233,14 +233,17 @@ pub struct Keyspace {
     raft: RaftCore,
     state: StateMachine,
     hub: WatchHub,
+    // Ordered maps, not hash maps, wherever the core iterates: what it
+    // sends and answers must follow from its inputs alone, so that one
+    // simulator seed replays the identical trace.
     /// Proposals awaiting their entry: proposal number → (deadline, id).
-    proposals: HashMap<u64, (u64, RequestId)>,
-    /// Reads awaiting a read index: context → (deadline, id, read).
-    reads: HashMap<u64, (u64, RequestId, Read)>,
+    proposals: BTreeMap<u64, (u64, RequestId)>,
+    /// Reads awaiting a read index, by context.
+    reads: BTreeMap<u64, PendingRead>,
     /// Reads with a read index, awaiting the apply: (index, seq) → read.
     indexed: BTreeMap<(u64, u64), (RequestId, Read)>,
     /// Lease questions forwarded to the leader.
-    asked: HashMap<u64, (u64, RequestId)>,
+    asked: BTreeMap<u64, (u64, RequestId)>,
     next_seq: u64,
     leader: u64,
     term: u64,
@@ -276,6 +279,7 @@ impl Keyspace {
             RaftCore::bootstrap(config.raft.clone(), voters, batch)
         }
         .map_err(|e| OpenError::Invalid(e.to_string()))?;
+        let incarnation = next_incarnation(view, batch)?;
         let last_snapshot = state.applied();
         let watch = config.watch;
         Ok(Keyspace {
@@ -284,11 +288,11 @@ impl Keyspace {
             raft,
             state,
             hub: WatchHub::new(watch),
-            proposals: HashMap::new(),
-            reads: HashMap::new(),
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
             indexed: BTreeMap::new(),
-            asked: HashMap::new(),
-            next_seq: 0,
+            asked: BTreeMap::new(),
+            next_seq: incarnation << INCARNATION_SHIFT,
             leader: 0,
             term: 0,
             last_snapshot,
@@ -356,13 +360,15 @@ impl Keyspace {
                 self.reply(id, Err(KeyspaceError::no_leader()));
                 return;
             }
-            self.reads.insert(context, (deadline, id, read));
+            self.reads
+                .insert(context, PendingRead::new(deadline, now_ms, id, read));
             self.leaderless.push(Leaderless::Read(context));
             return;
         }
-        match self.raft.read_index(context.to_be_bytes().to_vec()) {
+        match self.raft.read_index(self.read_context(context)) {
             Ok(()) => {
-                self.reads.insert(context, (deadline, id, read));
+                self.reads
+                    .insert(context, PendingRead::new(deadline, now_ms, id, read));
             }
             Err(error) => {
                 let error = KeyspaceError::unavailable(&format!("etcdserver: {error}"));
@@ -508,21 +514,25 @@ impl Keyspace {
             self.outputs.push_back(Output::Watch { id, batch });
         }
         self.expire(now_ms);
+        self.retry_reads(now_ms);
     }
 
     /// Fails every waiting request: the node is stopping.
     pub fn shut_down(&mut self) {
-        let waiting: Vec<RequestId> = self
-            .proposals
-            .drain()
-            .map(|(_, (_, id))| id)
-            .chain(self.reads.drain().map(|(_, (_, id, _))| id))
+        let waiting: Vec<RequestId> = std::mem::take(&mut self.proposals)
+            .into_values()
+            .map(|(_, id)| id)
+            .chain(std::mem::take(&mut self.reads).into_values().map(|p| p.id))
             .chain(
                 std::mem::take(&mut self.indexed)
                     .into_values()
                     .map(|(id, _)| id),
             )
-            .chain(self.asked.drain().map(|(_, (_, id))| id))
+            .chain(
+                std::mem::take(&mut self.asked)
+                    .into_values()
+                    .map(|(_, id)| id),
+            )
             .collect();
         for id in waiting {
             self.reply(id, Err(KeyspaceError::stopped()));
@@ -592,8 +602,8 @@ impl Keyspace {
             self.leader_changed(leader, leadership.term, now_ms);
         }
         for ready in &output.read_states {
-            let waiting = decode_context(&ready.ctx).and_then(|c| self.reads.remove(&c));
-            if let Some((_, id, read)) = waiting {
+            let waiting = decode_context(self.me, &ready.ctx).and_then(|c| self.reads.remove(&c));
+            if let Some(PendingRead { id, read, .. }) = waiting {
                 let seq = self.next();
                 self.indexed.insert((ready.index, seq), (id, read));
             }
@@ -813,13 +823,43 @@ impl Keyspace {
                     if !self.reads.contains_key(&context) {
                         continue;
                     }
-                    if let Err(error) = self.raft.read_index(context.to_be_bytes().to_vec())
-                        && let Some((_, id, _)) = self.reads.remove(&context)
+                    if let Err(error) = self.raft.read_index(self.read_context(context))
+                        && let Some(PendingRead { id, .. }) = self.reads.remove(&context)
                     {
                         let error = KeyspaceError::unavailable(&format!("etcdserver: {error}"));
                         self.reply(id, Err(error));
                     }
                 }
+            }
+        }
+    }
+
+    /// Asks again for the read index of every read waiting longer than
+    /// [`READ_INDEX_RETRY_MS`]: raft-rs drops a ReadIndex silently when
+    /// the leader has not yet committed an entry of its term, or when the
+    /// forwarded request or the leader's heartbeats were lost, so a read
+    /// asked once could wait until its deadline. Asking twice is harmless:
+    /// the leader ignores a context it already holds, and the second
+    /// answer finds the read gone.
+    fn retry_reads(&mut self, now_ms: u64) {
+        if self.leader == 0 {
+            return;
+        }
+        let due: Vec<u64> = self
+            .reads
+            .iter_mut()
+            .filter(|(_, pending)| now_ms >= pending.asked_ms + READ_INDEX_RETRY_MS)
+            .map(|(context, pending)| {
+                pending.asked_ms = now_ms;
+                *context
+            })
+            .collect();
+        for context in due {
+            if let Err(error) = self.raft.read_index(self.read_context(context))
+                && let Some(PendingRead { id, .. }) = self.reads.remove(&context)
+            {
+                let error = KeyspaceError::unavailable(&format!("etcdserver: {error}"));
+                self.reply(id, Err(error));
             }
         }
     }
@@ -874,10 +914,10 @@ impl Keyspace {
             }
             keep
         });
-        self.reads.retain(|_, (deadline, id, _)| {
-            let keep = *deadline > now_ms;
+        self.reads.retain(|_, pending| {
+            let keep = pending.deadline_ms > now_ms;
             if !keep {
-                late.push(*id);
+                late.push(pending.id);
             }
             keep
         });
@@ -927,6 +967,14 @@ impl Keyspace {
         self.outputs.push_back(Output::Send { to, bytes });
     }
 
+    /// A ReadIndex context unique in the cluster: raft-rs drops a read
+    /// whose context is already pending at the leader, so contexts from
+    /// different nodes must never collide (this node's id, then its
+    /// sequence number).
+    fn read_context(&self, seq: u64) -> Vec<u8> {
+        [self.me.to_be_bytes(), seq.to_be_bytes()].concat()
+    }
+
     fn next(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
@@ -949,8 +997,67 @@ fn changed_ids(changes: &[MembershipChange]) -> Vec<u64> {
     ids
 }
 
-fn decode_context(context: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(context.try_into().ok()?))
+/// How long a linearizable read waits for its read index before it asks
+/// again (etcd's `readIndexRetryTime`).
+const READ_INDEX_RETRY_MS: u64 = 500;
+
+/// A linearizable read waiting for its read index.
+struct PendingRead {
+    /// When it fails with a timeout.
+    deadline_ms: u64,
+    /// When its read index was last asked for.
+    asked_ms: u64,
+    id: RequestId,
+    read: Read,
+}
+
+impl PendingRead {
+    fn new(deadline_ms: u64, now_ms: u64, id: RequestId, read: Read) -> PendingRead {
+        PendingRead {
+            deadline_ms,
+            asked_ms: now_ms,
+            id,
+            read,
+        }
+    }
+}
+
+/// Proposal and read numbers of one start of a node begin at its
+/// incarnation shifted by this: 2^40 numbers per start.
+const INCARNATION_SHIFT: u32 = 40;
+
+const INCARNATION_KEY: &[u8] = b"incarnation";
+
+/// Counts this start of the node, stored in `batch` (which the driver
+/// syncs before anything leaves): proposal numbers must never repeat
+/// across restarts, or a committed entry of an earlier start replayed
+/// now would answer a new request with its old outcome.
+fn next_incarnation(view: &impl ReadView, batch: &mut WriteBatch) -> Result<u64, OpenError> {
+    let previous = match view.get(STATE_KEYSPACE, INCARNATION_KEY)? {
+        None => 0,
+        Some(bytes) => u64::from_be_bytes(
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| OpenError::Invalid("stored incarnation is not 8 bytes".into()))?,
+        ),
+    };
+    let incarnation = previous + 1;
+    if incarnation >= 1 << (64 - INCARNATION_SHIFT) {
+        return Err(OpenError::Invalid("incarnations exhausted".into()));
+    }
+    batch.put(STATE_KEYSPACE, INCARNATION_KEY, incarnation.to_be_bytes());
+    Ok(incarnation)
+}
+
+/// This node's sequence number in a read context this node made, or
+/// `None` for another node's (or a malformed) context.
+fn decode_context(me: u64, context: &[u8]) -> Option<u64> {
+    let (node, seq) = context.split_at_checked(8)?;
+    if u64::from_be_bytes(node.try_into().ok()?) != me {
+        return None;
+    }
+    Some(u64::from_be_bytes(seq.try_into().ok()?))
 }
 
 fn alarm_name(alarm: i32) -> &'static str {

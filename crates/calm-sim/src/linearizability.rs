@@ -349,13 +349,13 @@ impl<'h, M: Model> Search<'h, M> {
     /// Remembers the deepest point the search reached and the operation
     /// whose return it could not get past.
     fn note_stuck(&mut self, depth: usize, return_event: usize) {
-        if depth >= self.best {
+        if depth > self.best {
             self.best = depth;
+            self.best_stuck.clear();
+        }
+        if depth == self.best {
             let op = self.events[return_event].op;
             if !self.best_stuck.contains(&op) {
-                if depth > self.best {
-                    self.best_stuck.clear();
-                }
                 self.best_stuck.push(op);
             }
         }

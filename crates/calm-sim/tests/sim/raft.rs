@@ -1,85 +1,303 @@
-//! The coordinated keyspace under the simulator: histories of etcd requests
-//! through leader crashes, an isolated leader, loss, duplication and
-//! reordering must stay linearizable; a planted stale-read bug must not.
+//! The coordinated keyspace under the simulator: seeded chaos (partitions,
+//! one-way blocks, leader crashes in and between turns, power failures,
+//! pauses, clock skew and steps, leadership transfers, lossy and
+//! reordering networks) must keep every checker green; a seed must replay
+//! its trace; and planted driver bugs must be caught.
+//!
+//! `raft::many_seeds` runs `CALM_SIM_SEEDS` seeds (`CI_SEEDS` unless set)
+//! from `CALM_SIM_SEED_START`; `raft::one_seed` replays `CALM_SIM_SEED`,
+//! the command a failing seed prints.
 
-use calm_sim::linearizability::Verdict;
-use calm_sim::raft::{RaftBug, RaftSimConfig, run_seed};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use calm_sim::linearizability::EtcdInput;
+use calm_sim::raft::{KeyspaceBug, KeyspaceSim, KeyspaceSimConfig, KeyspaceStats};
+use calm_sim::{NetworkFaults, Violation};
+use calm_types::NodeId;
 
 use super::env_number;
 
-fn replay(seed: u64) -> String {
+/// Seeds `many_seeds` runs unless `CALM_SIM_SEEDS` says otherwise: CI's
+/// budget.
+const CI_SEEDS: u64 = 1_000;
+/// Rounds of traffic and faults per seed.
+const ROUNDS: usize = 8;
+
+/// The config of `seed` in the sweep: every fourth seed runs five voters.
+fn config(seed: u64) -> KeyspaceSimConfig {
+    let mut config = KeyspaceSimConfig::new(seed);
+    if seed % 4 == 3 {
+        config.voters = 5;
+    }
+    config
+}
+
+/// A chaos run of `config` and every checker; a panic inside the
+/// simulation becomes an error too, so the caller can name the seed.
+fn chaos(config: KeyspaceSimConfig) -> Result<KeyspaceSim, String> {
+    let seed = config.seed;
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let mut sim = KeyspaceSim::new(config).expect("a valid config");
+        let quiet = sim.run_chaos(ROUNDS);
+        sim.check_all().map_err(|v| v.to_string())?;
+        if !quiet {
+            return Err(format!(
+                "seed {seed}: not quiet after settling: {:?}",
+                sim.stats()
+            ));
+        }
+        Ok(sim)
+    }));
+    run.unwrap_or_else(|_| {
+        Err(format!(
+            "seed {seed}: the simulation panicked (message above)"
+        ))
+    })
+}
+
+/// The command that replays `seed` alone, printed with every failure.
+fn replay_line(seed: u64) -> String {
     format!(
-        "replay: CALM_RAFT_SIM_SEED={seed} cargo test -p calm-sim --test sim raft::one_raft_seed -- --nocapture"
+        "replay: CALM_SIM_SEED={seed} cargo test -p calm-sim --test sim raft::one_seed -- --nocapture"
     )
 }
 
-fn check_seed(config: RaftSimConfig) -> Result<(usize, usize), String> {
-    let seed = config.seed;
-    let sim = run_seed(config);
-    let history = sim.history();
-    let indeterminate = history.iter().filter(|op| op.ret.is_none()).count();
-    match sim.check_linearizable() {
-        Verdict::Linearizable => Ok((history.len(), indeterminate)),
-        other => Err(format!("seed {seed}: {other}\n{}", replay(seed))),
-    }
-}
-
 #[test]
-fn raft_keyspace_histories_stay_linearizable_across_seeds() {
-    // Raft §5 and etcd's API guarantee: every operation appears to take
-    // effect at one instant between its call and its return.
-    let seeds = env_number("CALM_RAFT_SIM_SEEDS", 1_000);
-    let start = env_number("CALM_RAFT_SIM_SEED_START", 0);
-    let mut operations = 0;
-    for seed in start..start + seeds {
-        let mut config = RaftSimConfig::new(seed);
-        if seed % 4 == 3 {
-            config.nodes = 5;
+fn many_seeds_of_chaos_keep_every_keyspace_checker_green() {
+    let start = env_number("CALM_SIM_SEED_START", 0);
+    let count = env_number("CALM_SIM_SEEDS", CI_SEEDS);
+    let mut total = KeyspaceStats::default();
+    for seed in start..start.saturating_add(count) {
+        match chaos(config(seed)) {
+            Ok(sim) => add(&mut total, sim.stats()),
+            Err(failure) => panic!("{failure}\n{}", replay_line(seed)),
         }
-        let (ops, _) = check_seed(config).unwrap_or_else(|failure| panic!("{failure}"));
-        operations += ops;
     }
-    assert!(operations > 0, "clients ran");
+    println!(
+        "seeds {start}..{}: green; {total:?}",
+        start.saturating_add(count)
+    );
+    if count >= 50 {
+        // The sweep reached every nemesis and both outcomes of a swap.
+        let t = &total;
+        assert!(
+            t.crashes_in_turn > 0 && t.unsynced_batches_lost > 0,
+            "{t:?}"
+        );
+        assert!(
+            t.pauses > 0 && t.clock_jumps > 0 && t.transfers > 0,
+            "{t:?}"
+        );
+        assert!(t.messages_duplicated > 0 && t.messages_blocked > 0, "{t:?}");
+        assert!(t.swaps > 0 && t.indeterminate > 0, "{t:?}");
+    }
 }
 
 #[test]
-fn one_raft_seed() {
-    let seed = env_number("CALM_RAFT_SIM_SEED", 1);
-    let (ops, indeterminate) =
-        check_seed(RaftSimConfig::new(seed)).unwrap_or_else(|failure| panic!("{failure}"));
-    println!("seed {seed}: {ops} operations, {indeterminate} indeterminate, linearizable");
+fn one_seed_named_by_calm_sim_seed_keeps_every_keyspace_checker_green() {
+    let seed = env_number("CALM_SIM_SEED", 0);
+    let sim = chaos(config(seed)).unwrap_or_else(|f| panic!("{f}\n{}", replay_line(seed)));
+    let (answered, indeterminate) = sim.request_counts();
+    println!(
+        "seed {seed}: green; trace {:#018x}; {answered} answered, {indeterminate} indeterminate; {:?}",
+        sim.trace_hash(),
+        sim.stats()
+    );
+    assert!(answered > 0, "{:?}", sim.stats());
 }
 
 #[test]
-fn one_raft_seed_replays_the_identical_trace() {
-    let first = run_seed(RaftSimConfig::new(11));
-    let second = run_seed(RaftSimConfig::new(11));
-    assert_eq!(first.trace_hash(), second.trace_hash());
-    assert_eq!(first.history(), second.history());
+fn a_seed_replays_its_identical_trace_and_another_seed_does_not() {
+    // A seed names one run, so every failure replays.
+    let run = |seed| {
+        let sim = chaos(config(seed)).expect("green");
+        (sim.trace_hash(), sim.history(), sim.stats().clone())
+    };
+    let (first, second, other) = (run(11), run(11), run(12));
+    assert_eq!(first, second);
+    assert_ne!(first.0, other.0);
+    assert!(first.2.messages_delivered > 1_000, "{:?}", first.2);
+}
+
+#[test]
+fn an_isolated_leader_answers_no_stale_read_and_loses_no_write() {
+    // Raft §6.4: a read-only query must not be served by a deposed leader;
+    // ReadIndex confirms leadership with a quorum first. The isolated
+    // leader's clients get timeouts, never old values.
+    let mut sim = KeyspaceSim::new(KeyspaceSimConfig::new(3)).unwrap();
+    sim.run_for(500);
+    let old = sim.leader().expect("a leader");
+    sim.run_workload(500);
+    let rest: Vec<NodeId> = sim.voters().into_iter().filter(|&n| n != old).collect();
+    sim.partition(&[&[old], &rest]).unwrap();
+    sim.run_workload(2_000);
+    let new = sim.leader().expect("a leader");
+    assert_ne!(new, old, "the majority elected a new leader");
+    sim.heal();
+    sim.run_workload(500);
+    assert!(sim.settle(10_000));
+    sim.check_all().unwrap();
+    assert!(sim.stats().indeterminate + sim.stats().no_effect > 0);
+}
+
+#[test]
+fn a_power_failure_loses_no_acknowledged_write() {
+    // Raft §5.4 with durable logs: an entry is acknowledged only once a
+    // quorum synced it, so even every node crashing at once keeps it.
+    let mut lost = 0;
+    for seed in 0..5 {
+        let (sim, settled) = power_failure_after_traffic(KeyspaceSimConfig::new(seed));
+        assert!(settled, "seed {seed}: {:?}", sim.stats());
+        sim.check_all().unwrap();
+        lost += sim.stats().unsynced_batches_lost;
+    }
+    assert!(lost > 0, "the crashes threw unsynced writes away");
+}
+
+#[test]
+fn a_restarted_node_answers_each_request_with_its_own_outcome() {
+    // A follower applies a put it proposed, answers it, and crashes before
+    // the applied state is synced (the contract allows that: the log
+    // replays it). Restarted, it takes a new put at once; replaying the
+    // old entry must not answer the new request.
+    let mut config = KeyspaceSimConfig::new(1);
+    config.faults = NetworkFaults::NONE;
+    let mut sim = KeyspaceSim::new(config).unwrap();
+    sim.run_for(500);
+    let leader = sim.leader().expect("a leader");
+    let follower = sim.voters().into_iter().find(|&n| n != leader).unwrap();
+    let put = |value: &str| EtcdInput::Put {
+        key: "k0".to_string(),
+        value: value.to_string(),
+    };
+    let first = sim.submit(follower, put("first")).unwrap();
+    while sim.operation(first).unwrap().ret.is_none() {
+        sim.run_for(1);
+    }
+    sim.crash(follower).unwrap();
+    sim.restart(follower).unwrap();
+    let second = sim.submit(follower, put("second")).unwrap();
+    sim.run_for(1_000);
+    assert!(sim.operation(second).unwrap().ret.is_some(), "answered");
+    assert!(sim.settle(10_000));
+    sim.check_all().unwrap();
+}
+
+/// The first violation `checker` finds in a chaos run of some seed in
+/// `seeds` under `config`.
+fn caught(
+    seeds: std::ops::Range<u64>,
+    config: impl Fn(u64) -> KeyspaceSimConfig,
+    checker: impl Fn(&KeyspaceSim) -> Result<(), Violation>,
+) -> Option<Violation> {
+    seeds.into_iter().find_map(|seed| {
+        let mut sim = KeyspaceSim::new(config(seed)).unwrap();
+        sim.run_chaos(ROUNDS);
+        checker(&sim).err()
+    })
+}
+
+/// A second of traffic, then every node loses power at once, restarts,
+/// and serves another second of traffic before settling. Returns the sim
+/// and whether it settled.
+fn power_failure_after_traffic(config: KeyspaceSimConfig) -> (KeyspaceSim, bool) {
+    let mut sim = KeyspaceSim::new(config).unwrap();
+    sim.run_for(500);
+    sim.run_workload(1_000);
+    for node in sim.voters() {
+        sim.crash(node).unwrap();
+    }
+    sim.run_for(100);
+    sim.restart_all();
+    sim.run_workload(1_000);
+    let settled = sim.settle(10_000);
+    (sim, settled)
 }
 
 #[test]
 fn reads_served_without_read_index_are_caught_as_stale() {
-    // The planted bug: linearizable reads answered from local state. An
-    // isolated old leader or a lagging follower then returns stale data,
-    // which the checker must reject for some seed.
-    let caught = (0..40).any(|seed| {
-        let mut config = RaftSimConfig::new(seed);
-        config.bug = RaftBug::LocalReads;
-        matches!(run_seed(config).check_linearizable(), Verdict::Violation(_))
-    });
-    assert!(caught, "the checker caught a stale local read");
+    // The planted bug: linearizable ranges answered from the local applied
+    // state. A deposed leader or a lagging follower answers old values,
+    // which the linearizability checker must reject.
+    let config = |seed| KeyspaceSimConfig {
+        bug: KeyspaceBug::ReadsWithoutReadIndex,
+        ..KeyspaceSimConfig::new(seed)
+    };
+    let violation = caught(0..40, config, KeyspaceSim::check_linearizable);
+    assert!(violation.is_some(), "a stale read is caught");
 }
 
 #[test]
-fn a_network_that_duplicates_forwarded_proposals_breaks_linearizability() {
-    // Why calm's transport must stay at-most-once: Raft does not
-    // deduplicate proposals, so a forwarded one delivered twice is
-    // appended and applied twice, a second effect no client asked for.
-    let caught = (0..60).any(|seed| {
-        let mut config = RaftSimConfig::new(seed);
-        config.duplicate = 0.05;
-        matches!(run_seed(config).check_linearizable(), Verdict::Violation(_))
-    });
-    assert!(caught, "a duplicated proposal shows up as a violation");
+fn acknowledging_before_the_sync_loses_writes_that_the_checkers_catch() {
+    // The planted bug: Raft's writes are synced on a 100 ms timer but
+    // acknowledged (to the leader, hence to clients) at once. A power
+    // failure loses entries a quorum had acknowledged: the durability
+    // checker finds acknowledged writes missing, and the linearizability
+    // checker finds reads that no longer see them.
+    let (mut lost, mut stale) = (None, None);
+    for seed in 0..10 {
+        if lost.is_some() && stale.is_some() {
+            break;
+        }
+        // Whether it settles does not matter here: replicas that lost
+        // different committed entries may never agree again.
+        let (sim, _) = power_failure_after_traffic(KeyspaceSimConfig {
+            bug: KeyspaceBug::AckBeforeSync,
+            ..KeyspaceSimConfig::new(seed)
+        });
+        lost = lost.or(sim.check_acknowledged_writes().err());
+        stale = stale.or(sim.check_linearizable().err());
+    }
+    assert!(lost.is_some(), "the durability checker caught a lost write");
+    assert!(stale.is_some(), "the linearizability checker caught it too");
+}
+
+#[test]
+fn lease_based_reads_turn_stale_when_a_frozen_leader_resumes() {
+    // Why `raft_lease_reads` is off by default: a leader's lease is
+    // counted in its own ticks, and a frozen process ticks no more.
+    // Frozen past an election and cut off, it resumes still trusting its
+    // lease and answers reads the new leader's writes have overtaken
+    // (Raft thesis §6.4.1 assumes bounded clock drift; a pause is not).
+    let config = |seed| KeyspaceSimConfig {
+        lease_reads: true,
+        ..KeyspaceSimConfig::new(seed)
+    };
+    let violation = caught(0..40, config, KeyspaceSim::check_linearizable);
+    assert!(violation.is_some(), "a stale lease read is caught");
+}
+
+#[test]
+fn a_network_that_duplicates_forwarded_proposals_applies_writes_twice() {
+    // Why calm's peer transport must stay at-most-once: Raft does not
+    // deduplicate proposals, so a forwarded one delivered twice is appended
+    // and applied twice, a second revision nobody asked for.
+    let config = |seed| KeyspaceSimConfig {
+        duplicate_proposals: true,
+        faults: NetworkFaults {
+            duplication: 0.3,
+            ..KeyspaceSimConfig::new(seed).faults
+        },
+        ..KeyspaceSimConfig::new(seed)
+    };
+    let violation = caught(0..40, config, KeyspaceSim::check_writes_applied_once);
+    assert!(violation.is_some(), "a duplicated proposal is caught");
+}
+
+fn add(total: &mut KeyspaceStats, stats: &KeyspaceStats) {
+    total.messages_delivered += stats.messages_delivered;
+    total.messages_duplicated += stats.messages_duplicated;
+    total.messages_blocked += stats.messages_blocked;
+    total.requests += stats.requests;
+    total.answered += stats.answered;
+    total.indeterminate += stats.indeterminate;
+    total.no_effect += stats.no_effect;
+    total.swaps += stats.swaps;
+    total.crashes += stats.crashes;
+    total.crashes_in_turn += stats.crashes_in_turn;
+    total.unsynced_batches_lost += stats.unsynced_batches_lost;
+    total.pauses += stats.pauses;
+    total.transfers += stats.transfers;
+    total.clock_jumps += stats.clock_jumps;
+    total.term_max = total.term_max.max(stats.term_max);
 }
