@@ -73,6 +73,7 @@ mod ledger;
 pub mod linearizability;
 pub mod raft;
 mod sim;
+pub mod watch;
 
 pub use check::Violation;
 pub use config::{

@@ -31,6 +31,10 @@ pub enum KeyspaceBug {
     /// of a quorum inside that window lose entries the cluster counted as
     /// committed.
     AckBeforeSync,
+    /// The client reopens its watch at the revision of the last event it
+    /// saw rather than the one after: after its node restarts, it gets
+    /// that revision's events twice.
+    WatchResumesAtLastSeen,
 }
 
 /// Everything a [`KeyspaceSim`](super::KeyspaceSim) is built from.

@@ -161,7 +161,7 @@ impl SimNode {
         self.next_tick_local_ms = local + config.tick_ms;
         self.keyspace = Some(keyspace);
         self.unsynced_since_ms = None;
-        self.open_watch();
+        self.open_watch(config.bug);
         Ok(())
     }
 
@@ -307,14 +307,19 @@ impl SimNode {
 
     /// The client's watch on every key, from the revision after the last
     /// event it saw.
-    fn open_watch(&mut self) {
+    fn open_watch(&mut self, bug: KeyspaceBug) {
         let Some(keyspace) = self.keyspace.as_mut() else {
             return;
+        };
+        let resume_at = if bug == KeyspaceBug::WatchResumesAtLastSeen {
+            self.watched_through
+        } else {
+            self.watched_through + 1
         };
         let spec = WatchSpec {
             key: vec![0],
             range_end: vec![0],
-            start_revision: self.watched_through + 1,
+            start_revision: resume_at,
             ..WatchSpec::default()
         };
         match keyspace.watch(spec) {

@@ -253,6 +253,19 @@ fn acknowledging_before_the_sync_loses_writes_that_the_checkers_catch() {
 }
 
 #[test]
+fn a_watch_resumed_at_the_last_seen_revision_is_caught_repeating_events() {
+    // etcd API guarantee: a watcher that resumes after the last revision it
+    // saw gets every later event exactly once. The planted bug resumes at
+    // that revision itself, so a restart repeats its events.
+    let config = |seed| KeyspaceSimConfig {
+        bug: KeyspaceBug::WatchResumesAtLastSeen,
+        ..KeyspaceSimConfig::new(seed)
+    };
+    let violation = caught(0..40, config, KeyspaceSim::check_watches);
+    assert!(violation.is_some(), "a repeated event is caught");
+}
+
+#[test]
 fn lease_based_reads_turn_stale_when_a_frozen_leader_resumes() {
     // Why `raft_lease_reads` is off by default: a leader's lease is
     // counted in its own ticks, and a frozen process ticks no more.
