@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use crate::driver::{DURATION_MAX, Load, Plan, Stop};
+use crate::driver::{CLIENTS_MAX, DURATION_MAX, Load, Plan, Stop};
 use crate::error::BenchError;
+use crate::etcd::Consistency;
 use crate::keys::KeyDistribution;
 use crate::workload::WorkloadName;
 
@@ -25,6 +26,10 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 /// that could not be sent during it. Client `i` talks to endpoint
 /// `i % endpoints`. Requests carry the global `--level`; failed requests
 /// are counted by gRPC code.
+///
+/// The `etcd-*` workloads speak etcd's v3 API, so they run against calm's
+/// nodes and against an etcd cluster alike; they ignore `--level` (etcd
+/// writes are linearizable; `--consistency` picks the reads' guarantee).
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct BenchArgs {
     /// The operation to send.
@@ -63,6 +68,16 @@ pub struct BenchArgs {
     /// Seeds the key choices, so runs pick the same key sequence.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// etcd-range: `l` linearizable (a read index through Raft) or `s`
+    /// serializable (the answering member's own state), as etcd's
+    /// `benchmark range --consistency`.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    pub consistency: Consistency,
+    /// etcd workloads: gRPC connections the clients share (client `i`
+    /// uses connection `i % conns`, connection `j` endpoint
+    /// `j % endpoints`); one per endpoint when absent.
+    #[arg(long)]
+    pub conns: Option<usize>,
 }
 
 /// `--key-dist`.
@@ -80,6 +95,13 @@ impl BenchArgs {
         if self.value_bytes > VALUE_BYTES_MAX {
             return Err(BenchError::InvalidPlan(format!(
                 "--value-bytes must be at most {VALUE_BYTES_MAX}"
+            )));
+        }
+        if let Some(conns) = self.conns
+            && !(1..=CLIENTS_MAX).contains(&conns)
+        {
+            return Err(BenchError::InvalidPlan(format!(
+                "--conns must be from 1 to {CLIENTS_MAX}, not {conns}"
             )));
         }
         let keys = match self.key_dist {
@@ -191,6 +213,26 @@ mod tests {
     }
 
     #[test]
+    fn etcd_flags_default_to_linearizable_reads_and_a_connection_per_endpoint() {
+        let args = parse(&["--workload", "etcd-range"]).expect("the flags parse");
+        assert_eq!(args.workload, WorkloadName::EtcdRange);
+        assert_eq!(args.consistency, Consistency::Linearizable);
+        assert_eq!(args.conns, None);
+        // etcd benchmark's spelling, and the long one.
+        let check = |spelled: &str, expected: Consistency| {
+            let args = parse(&["--workload", "etcd-range", "--consistency", spelled])
+                .expect("the flags parse");
+            assert_eq!(args.consistency, expected, "{spelled}");
+        };
+        check("s", Consistency::Serializable);
+        check("serializable", Consistency::Serializable);
+        check("l", Consistency::Linearizable);
+        check("linearizable", Consistency::Linearizable);
+        let args = parse(&["--workload", "etcd-put", "--conns", "64"]).expect("the flags parse");
+        assert_eq!(args.conns, Some(64));
+    }
+
+    #[test]
     fn ops_and_an_explicit_duration_conflict() {
         let error = parse(&[
             "--workload",
@@ -229,6 +271,7 @@ mod tests {
             "--zipf-theta",
         );
         check(&with(&["--value-bytes", "2000000"]), "--value-bytes");
+        check(&with(&["--conns", "0"]), "--conns");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::error::BenchError;
 use crate::keys::KeyDistribution;
 use crate::progress::{self, LiveSample, Phase};
 use crate::report::ErrorCount;
-use crate::workload::{OpError, Workload};
+use crate::workload::{Done, OpError, Workload};
 
 /// The most bench clients (concurrent requests) one run starts.
 pub const CLIENTS_MAX: usize = 10_000;
@@ -143,6 +143,9 @@ pub struct Measurement {
     pub service_time: Histogram<u64>,
     /// Failed measured operations by gRPC code name.
     pub errors: BTreeMap<&'static str, ErrorCount>,
+    /// Successful measured operations the workload labelled (see
+    /// [`Done::outcome`]), by label.
+    pub outcomes: BTreeMap<&'static str, u64>,
 }
 
 /// Runs `workload` under `plan` and returns what was measured; `progress`
@@ -249,6 +252,7 @@ impl<W> Shared<W> {
             latency: total.latency,
             service_time: total.service_time,
             errors: total.errors,
+            outcomes: total.outcomes,
         }
     }
 }
@@ -330,6 +334,7 @@ struct Recorder {
     latency: Histogram<u64>,
     service_time: Histogram<u64>,
     errors: BTreeMap<&'static str, ErrorCount>,
+    outcomes: BTreeMap<&'static str, u64>,
     ops: u64,
     last_done: Option<Instant>,
     /// Since the last progress refresh, warmup included.
@@ -344,6 +349,7 @@ impl Recorder {
             latency: histogram(),
             service_time: histogram(),
             errors: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
             ops: 0,
             last_done: None,
             live: histogram(),
@@ -352,17 +358,25 @@ impl Recorder {
         }
     }
 
-    fn record(&mut self, measured: bool, times: Times, outcome: Result<(), OpError>) {
-        let latency = nanos(times.done - times.intended);
+    fn record(&mut self, measured: bool, times: Times, outcome: Result<Done, OpError>) {
         match outcome {
-            Ok(()) => {
+            Ok(done) => {
+                let (latency, service_time) = match done.latency {
+                    Some(own) => (nanos(own), nanos(own)),
+                    None => (
+                        nanos(times.done - times.intended),
+                        nanos(times.done - times.sent),
+                    ),
+                };
                 self.live.saturating_record(latency);
                 self.live_ops += 1;
                 if measured {
                     self.latency.saturating_record(latency);
-                    self.service_time
-                        .saturating_record(nanos(times.done - times.sent));
+                    self.service_time.saturating_record(service_time);
                     self.ops += 1;
+                    if let Some(label) = done.outcome {
+                        *self.outcomes.entry(label).or_default() += 1;
+                    }
                 }
             }
             Err(error) => {
@@ -397,6 +411,9 @@ impl Recorder {
                 .entry(code)
                 .and_modify(|mine| mine.count += count.count)
                 .or_insert_with(|| count.clone());
+        }
+        for (label, count) in &other.outcomes {
+            *self.outcomes.entry(label).or_default() += count;
         }
         self.ops += other.ops;
         self.last_done = self.last_done.max(other.last_done);

@@ -10,7 +10,11 @@
 //! calm bench --endpoints 127.0.0.1:2379,127.0.0.1:2381 --workload counter-incr \
 //!     --clients 16 --duration 20s --warmup 5s
 //! calm bench --endpoints ... --workload counter-get --rate 2000 -w json
+//! calm bench --endpoints ... --workload etcd-range --consistency s --clients 64
 //! ```
+//!
+//! The `etcd-*` workloads speak etcd's v3 API, so the same command loads
+//! calm's nodes or an etcd cluster (`scripts/bench-vs-etcd` runs both).
 //!
 //! As a library, a workload is anything that can send one operation for a
 //! client on a numbered key; [`drive`] runs it under a [`Plan`] and
@@ -23,19 +27,19 @@
 //! use std::time::Duration;
 //!
 //! use calm_bench::{
-//!     Code, KeyDistribution, Labels, Load, OpError, Plan, Report, Stop, Workload, drive,
-//!     render_table,
+//!     Code, Done, KeyDistribution, Labels, Load, OpError, Plan, Report, Stop, Workload,
+//!     drive, render_table,
 //! };
 //!
 //! struct Sleepy;
 //!
 //! impl Workload for Sleepy {
-//!     async fn operate(&self, _client: usize, key: u64) -> Result<(), OpError> {
+//!     async fn operate(&self, _client: usize, key: u64) -> Result<Done, OpError> {
 //!         tokio::time::sleep(Duration::from_millis(1)).await;
 //!         if key % 10 == 0 {
 //!             return Err(OpError { code: Code::Unimplemented, message: "no".into() });
 //!         }
-//!         Ok(())
+//!         Ok(Done::default())
 //!     }
 //! }
 //!
@@ -56,6 +60,7 @@
 //!     workload: "sleepy".into(),
 //!     level: "local".into(),
 //!     endpoints: Vec::new(),
+//!     conns: None,
 //!     value_bytes: 0,
 //! };
 //! let report = Report::new(labels, &plan, &measurement);
@@ -79,6 +84,7 @@
 mod args;
 mod driver;
 mod error;
+mod etcd;
 mod keys;
 mod progress;
 mod report;
@@ -97,13 +103,19 @@ pub use driver::{
     CLIENTS_MAX, DURATION_MAX, LATENCY_MAX, Load, Measurement, Plan, RATE_MAX, Stop, drive,
 };
 pub use error::BenchError;
+pub use etcd::{
+    COMPARE_FAILED, Consistency, EtcdChannels, EtcdLeaseKeepAlive, EtcdPut, EtcdRange, EtcdTxn,
+    EtcdWatchLatency, KV_KIND, LEASE_TTL_S, WATCH_ID_BYTES, bench_value, check_keep_alive,
+    etcd_level, kv_key, kv_key_number, kv_prefix, prefix_end, put_request, range_request,
+    revision_after, txn_request, watch_create_request, watch_id, watch_value,
+};
 pub use keys::{KEYS_MAX, KeyDistribution, ZIPF_THETA_MAX, Zipf};
 pub use progress::progress_bar;
 pub use report::{
     ErrorCount, Labels, LatencySummary, Report, format_latency, render_json, render_table,
 };
 pub use workload::{
-    CounterOperation, CounterWorkload, OpError, Pool, Workload, WorkloadName, key_name,
+    CounterOperation, CounterWorkload, Done, OpError, Pool, Workload, WorkloadName, key_name,
 };
 
 /// The bound on opening one connection; a shorter request timeout wins.
@@ -116,7 +128,8 @@ pub struct Target {
     /// Client endpoints, `host:port`; bench client `i` uses endpoint
     /// `i % len`.
     pub endpoints: Vec<String>,
-    /// The level every request carries.
+    /// The level every request of calm's API carries (etcd workloads
+    /// ignore it).
     pub level: Level,
     /// The deadline of one request; a request that misses it counts as a
     /// `DEADLINE_EXCEEDED` error.
@@ -172,28 +185,35 @@ pub async fn bench(
     progress: &ProgressBar,
 ) -> Result<Report, BenchError> {
     let plan = args.plan()?;
-    let config = ClientConfig {
-        timeout: target.request_timeout,
-        connect_timeout: target.request_timeout.min(CONNECT_TIMEOUT),
-        level: target.level,
-        ..ClientConfig::default()
-    };
-    let pool = Pool::connect(&target.endpoints, &config)?;
-    let measurement = match args.workload {
-        WorkloadName::CounterIncr => {
-            let workload = CounterWorkload::new(pool, CounterOperation::Increment);
-            drive(Arc::new(workload), &plan, progress).await?
-        }
-        WorkloadName::CounterGet => {
-            let workload = CounterWorkload::new(pool, CounterOperation::Get);
-            drive(Arc::new(workload), &plan, progress).await?
-        }
-    };
-    let labels = Labels {
+    let connect_timeout = target.request_timeout.min(CONNECT_TIMEOUT);
+    let mut labels = Labels {
         workload: args.workload.name().to_owned(),
         level: target.level.name().to_owned(),
         endpoints: target.endpoints.clone(),
+        conns: None,
         value_bytes: args.value_bytes,
+    };
+    let measurement = if args.workload.is_etcd() {
+        let conns = args.conns.unwrap_or(target.endpoints.len());
+        let channels = EtcdChannels::connect(&target.endpoints, conns, connect_timeout)?;
+        labels.conns = Some(channels.conns());
+        labels.level = etcd_level(args.workload, args.consistency).to_owned();
+        etcd::measure(args, &plan, channels, target.request_timeout, progress).await?
+    } else {
+        let config = ClientConfig {
+            timeout: target.request_timeout,
+            connect_timeout,
+            level: target.level,
+            ..ClientConfig::default()
+        };
+        let pool = Pool::connect(&target.endpoints, &config)?;
+        let operation = match args.workload {
+            WorkloadName::CounterGet => CounterOperation::Get,
+            // Only the counter workloads get here.
+            _ => CounterOperation::Increment,
+        };
+        let workload = CounterWorkload::new(pool, operation);
+        drive(Arc::new(workload), &plan, progress).await?
     };
     Ok(Report::new(labels, &plan, &measurement))
 }

@@ -31,6 +31,10 @@ pub struct Report {
     pub target_rate_per_s: Option<f64>,
     /// The endpoints load was spread over.
     pub endpoints: Vec<String>,
+    /// etcd workloads: how many gRPC connections the clients shared
+    /// (client `i` uses connection `i % conns`, connection `j` endpoint
+    /// `j % endpoints`).
+    pub conns: Option<usize>,
     /// How many keys operations picked from.
     pub keys: u64,
     /// `uniform` or `zipf`.
@@ -61,6 +65,9 @@ pub struct Report {
     pub errors: u64,
     /// The failures by gRPC code name (`UNIMPLEMENTED`).
     pub errors_by_code: BTreeMap<String, ErrorCount>,
+    /// Successful operations the workload labelled, by label (`etcd-txn`
+    /// counts `compare-failed`); part of `ops`, not of `errors`.
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 /// How often one gRPC code came back, and what the first one said.
@@ -119,6 +126,8 @@ pub struct Labels {
     pub level: String,
     /// The endpoints.
     pub endpoints: Vec<String>,
+    /// The connections etcd workloads shared; `None` for calm's.
+    pub conns: Option<usize>,
     /// The value size asked for.
     pub value_bytes: usize,
 }
@@ -138,6 +147,7 @@ impl Report {
             clients: plan.clients,
             target_rate_per_s,
             endpoints: labels.endpoints,
+            conns: labels.conns,
             keys: plan.keys.keys(),
             key_dist: plan.keys.name(),
             zipf_theta: plan.keys.zipf_theta(),
@@ -158,6 +168,11 @@ impl Report {
                 .errors
                 .iter()
                 .map(|(code, count)| ((*code).to_owned(), count.clone()))
+                .collect(),
+            outcomes: measurement
+                .outcomes
+                .iter()
+                .map(|(label, count)| ((*label).to_owned(), *count))
                 .collect(),
         }
     }
@@ -264,6 +279,14 @@ fn notes(report: &Report) -> String {
             report.workload, count.count, count.first_message
         );
     }
+    for (label, count) in &report.outcomes {
+        let share = 100.0 * *count as f64 / report.ops.max(1) as f64;
+        let _ = writeln!(
+            out,
+            "{} outcomes: {label} x{count} ({share:.1}% of ops)",
+            report.workload
+        );
+    }
     if let (Some(rate), Some(service)) = (report.target_rate_per_s, &report.service_time) {
         let _ = writeln!(
             out,
@@ -307,6 +330,7 @@ mod tests {
             clients: 16,
             target_rate_per_s: Some(2_000.0),
             endpoints: vec!["127.0.0.1:2379".to_owned()],
+            conns: None,
             keys: 10_000,
             key_dist: "zipf",
             zipf_theta: Some(0.99),
@@ -326,6 +350,7 @@ mod tests {
                     first_message: "level one is not offered".to_owned(),
                 },
             )]),
+            outcomes: BTreeMap::new(),
         }
     }
 
@@ -357,6 +382,20 @@ mod tests {
             "counter-incr errors: UNIMPLEMENTED x3, first: level one is not offered"
         );
         assert!(lines[6].contains("open loop at 2000/s"), "{}", lines[6]);
+    }
+
+    #[test]
+    fn labelled_outcomes_are_noted_with_their_share_of_ops() {
+        let mut txn = report();
+        txn.workload = "etcd-txn".to_owned();
+        txn.errors_by_code.clear();
+        txn.target_rate_per_s = None;
+        txn.outcomes.insert("compare-failed".to_owned(), 25);
+        let table = render_table(&[txn]);
+        assert_eq!(
+            table.lines().nth(5),
+            Some("etcd-txn outcomes: compare-failed x25 (2.5% of ops)")
+        );
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! What the bench sends: the [`Workload`] trait the drivers call, the
-//! [`Pool`] of clients that spreads bench clients over the endpoints, and
-//! the workloads built on `calm-client` ([`CounterWorkload`]).
+//! What the bench sends: the [`Workload`] trait the drivers call, what a
+//! successful operation reports ([`Done`]), the [`Pool`] of clients that
+//! spreads bench clients over the endpoints, and the workloads built on
+//! `calm-client` ([`CounterWorkload`]). The workloads on etcd's API are in
+//! `crate::etcd`.
 //!
 //! A new workload is a type implementing [`Workload`], a variant of
-//! [`WorkloadName`] and one arm in `run`; the drivers, key distributions
+//! [`WorkloadName`] and one arm in `bench`; the drivers, key distributions
 //! and reports need no change.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use calm_client::{Client, ClientConfig, ClientError, Code};
 
@@ -20,7 +23,45 @@ use calm_client::{Client, ClientConfig, ClientError, Code};
 /// and `Sync`.
 pub trait Workload: Send + Sync + 'static {
     /// Sends one operation for bench client `client` on key number `key`.
-    fn operate(&self, client: usize, key: u64) -> impl Future<Output = Result<(), OpError>> + Send;
+    fn operate(
+        &self,
+        client: usize,
+        key: u64,
+    ) -> impl Future<Output = Result<Done, OpError>> + Send;
+}
+
+/// What a successful operation tells the driver besides succeeding; most
+/// workloads answer `Done::default()`: time the call, count nothing else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Done {
+    /// The latency to record instead of the call's own, for a workload
+    /// whose figure is one part of its operation (a watch event's delivery
+    /// after the put that caused it was acknowledged). The open loop's
+    /// correction does not apply to it: it is recorded as both latency and
+    /// service time.
+    pub latency: Option<Duration>,
+    /// A label to count the operation under in the report's outcomes (a
+    /// transaction whose compare failed): a normal answer worth telling
+    /// apart, not an error.
+    pub outcome: Option<&'static str>,
+}
+
+impl Done {
+    /// Done, with `latency` recorded in place of the call's.
+    pub fn with_latency(latency: Duration) -> Done {
+        Done {
+            latency: Some(latency),
+            outcome: None,
+        }
+    }
+
+    /// Done, and counted under `outcome`.
+    pub fn counted(outcome: &'static str) -> Done {
+        Done {
+            latency: None,
+            outcome: Some(outcome),
+        }
+    }
 }
 
 /// A failed operation: the gRPC code it is counted under, and the
@@ -43,13 +84,31 @@ impl From<ClientError> for OpError {
     }
 }
 
-/// The workloads `calm bench --workload` offers.
+/// The workloads `calm bench --workload` offers: calm's own API, and
+/// etcd's v3 API (`etcd-*`), which runs against any endpoints serving it,
+/// calm's or an etcd cluster's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkloadName {
     /// `Counter.Increment` by 1 on the chosen key.
     CounterIncr,
     /// `Counter.Get` of the chosen key.
     CounterGet,
+    /// etcd `KV.Put` of a `--value-bytes` value to the chosen key.
+    EtcdPut,
+    /// etcd `KV.Range` of the chosen key, linearizable or serializable by
+    /// `--consistency`.
+    EtcdRange,
+    /// etcd `KV.Txn`: compare-and-put on the chosen key (its mod revision
+    /// as last seen; a failed compare reads the key instead and is counted
+    /// as `compare-failed`).
+    EtcdTxn,
+    /// etcd `Watch`: one watcher per endpoint on the bench's prefix; each
+    /// operation puts a key and records the time from the put's
+    /// acknowledgement until every watcher has the event.
+    EtcdWatchLatency,
+    /// etcd `Lease.LeaseKeepAlive`: one granted lease and keep-alive stream
+    /// per client; each operation is one keep-alive round trip.
+    EtcdLeaseKeepalive,
 }
 
 impl WorkloadName {
@@ -58,7 +117,17 @@ impl WorkloadName {
         match self {
             WorkloadName::CounterIncr => "counter-incr",
             WorkloadName::CounterGet => "counter-get",
+            WorkloadName::EtcdPut => "etcd-put",
+            WorkloadName::EtcdRange => "etcd-range",
+            WorkloadName::EtcdTxn => "etcd-txn",
+            WorkloadName::EtcdWatchLatency => "etcd-watch-latency",
+            WorkloadName::EtcdLeaseKeepalive => "etcd-lease-keepalive",
         }
+    }
+
+    /// Whether the workload speaks etcd's API (and ignores `--level`).
+    pub fn is_etcd(self) -> bool {
+        !matches!(self, WorkloadName::CounterIncr | WorkloadName::CounterGet)
     }
 }
 
@@ -136,14 +205,14 @@ impl CounterWorkload {
 }
 
 impl Workload for CounterWorkload {
-    async fn operate(&self, client: usize, key: u64) -> Result<(), OpError> {
+    async fn operate(&self, client: usize, key: u64) -> Result<Done, OpError> {
         let client = self.pool.client(client);
         let key = key_name("counter", key);
         match self.operation {
             CounterOperation::Increment => client.counter_increment(&key, 1).await.map(drop)?,
             CounterOperation::Get => client.counter_get(&key).await.map(drop)?,
         }
-        Ok(())
+        Ok(Done::default())
     }
 }
 
@@ -158,6 +227,16 @@ pub fn key_name(kind: &str, key: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_names_match_the_cli_spelling() {
+        use clap::ValueEnum;
+        for workload in WorkloadName::value_variants() {
+            let spelled = workload.to_possible_value().expect("no variant is skipped");
+            assert_eq!(spelled.get_name(), workload.name());
+            assert_eq!(workload.is_etcd(), workload.name().starts_with("etcd-"));
+        }
+    }
 
     #[test]
     fn key_names_are_namespaced_by_kind() {

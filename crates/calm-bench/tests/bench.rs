@@ -2,19 +2,26 @@
 //! loopback: each fake serves the generated `Counter` service over a map
 //! of counters, answers `UNIMPLEMENTED` for every level but `local` (as
 //! calm's servers do today), counts the requests it served and can stall
-//! one request.
+//! one request. The `etcd-*` workloads run against a fake etcd cluster in
+//! `bench/etcd.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use calm_bench::{BenchArgs, KeyDist, Report, Target, WorkloadName, bench, render_json};
+use calm_bench::{
+    BenchArgs, Consistency, KeyDist, Report, Target, WorkloadName, bench, render_json,
+};
 use calm_client::Level;
 use calm_proto::calm::v1 as pb;
 use indicatif::ProgressBar;
 use pb::counter_server::{Counter, CounterServer};
 use tonic::{Request, Response, Status};
+
+// The etcd workloads' tests, in this one test binary.
+#[path = "bench/etcd.rs"]
+mod etcd;
 
 /// A fake node's Counter service. A std mutex, not a tokio one: nothing
 /// awaits while it is held.
@@ -174,6 +181,8 @@ fn args(workload: WorkloadName, clients: usize, ops: u64) -> BenchArgs {
         zipf_theta: 0.99,
         value_bytes: 64,
         seed: 1,
+        consistency: Consistency::Linearizable,
+        conns: None,
     }
 }
 
@@ -304,6 +313,7 @@ async fn the_json_report_has_every_field() {
         "clients",
         "target_rate_per_s",
         "endpoints",
+        "conns",
         "keys",
         "key_dist",
         "zipf_theta",
@@ -317,6 +327,7 @@ async fn the_json_report_has_every_field() {
         "service_time",
         "errors",
         "errors_by_code",
+        "outcomes",
     ]);
     assert_eq!(fields, expected);
     let latency: BTreeSet<&str> = json["latency"]

@@ -8,13 +8,15 @@ use calm_client::Code;
 
 use super::*;
 
-/// A workload whose call `n` (from 1) takes `service(n)` and fails as
-/// `fail(n)` says; it counts its calls and remembers the largest key.
+/// A workload whose call `n` (from 1) takes `service(n)`, fails as
+/// `fail(n)` says and otherwise answers `done(n)`; it counts its calls and
+/// remembers the largest key.
 struct Scripted {
     calls: AtomicU64,
     key_max: AtomicU64,
     service: fn(u64) -> Duration,
     fail: fn(u64) -> Option<Code>,
+    done: fn(u64) -> Done,
 }
 
 impl Scripted {
@@ -24,6 +26,17 @@ impl Scripted {
             key_max: AtomicU64::new(0),
             service,
             fail,
+            done: |_| Done::default(),
+        })
+    }
+
+    fn answering(service: fn(u64) -> Duration, done: fn(u64) -> Done) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            calls: AtomicU64::new(0),
+            key_max: AtomicU64::new(0),
+            service,
+            fail: never,
+            done,
         })
     }
 
@@ -33,12 +46,12 @@ impl Scripted {
 }
 
 impl Workload for Scripted {
-    async fn operate(&self, _client: usize, key: u64) -> Result<(), OpError> {
+    async fn operate(&self, _client: usize, key: u64) -> Result<Done, OpError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         self.key_max.fetch_max(key, Ordering::Relaxed);
         tokio::time::sleep((self.service)(call)).await;
         match (self.fail)(call) {
-            None => Ok(()),
+            None => Ok((self.done)(call)),
             Some(code) => Err(OpError {
                 code,
                 message: format!("call {call}"),
@@ -222,4 +235,38 @@ async fn an_invalid_plan_sends_nothing() {
     let outcome = drive(workload.clone(), &zero_clients, &ProgressBar::hidden()).await;
     assert!(matches!(outcome, Err(BenchError::InvalidPlan(_))));
     assert_eq!(workload.calls(), 0);
+}
+
+/// Every fourth call's compare failed; every call reports a latency of
+/// its call number in microseconds.
+fn own_latency_and_every_fourth_labelled(call: u64) -> Done {
+    Done {
+        latency: Some(Duration::from_micros(call * 100)),
+        outcome: call.is_multiple_of(4).then_some("compare-failed"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workloads_own_latency_replaces_the_round_trip_and_labels_are_counted() {
+    let workload = Scripted::answering(one_ms, own_latency_and_every_fourth_labelled);
+    let measurement = run(&workload, &plan(1, Load::Closed, 0, Stop::Ops(100))).await;
+    assert_eq!(measurement.ops, 100);
+    // Calls take 1 ms each, but report 0.1 ms to 10 ms.
+    assert_ms(&measurement.latency, 0.5, 5.0);
+    assert_ms(&measurement.latency, 1.0, 10.0);
+    assert_ms(&measurement.service_time, 1.0, 10.0);
+    assert_eq!(measurement.outcomes.get("compare-failed"), Some(&25));
+    assert_eq!(measurement.outcomes.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn labels_of_warmup_operations_are_not_counted() {
+    let workload = Scripted::answering(one_ms, own_latency_and_every_fourth_labelled);
+    // 40 warmup calls (1 ms each in 40 ms), then 40 measured: calls 41..=80.
+    let measurement = run(&workload, &plan(1, Load::Closed, 40, Stop::Ops(40))).await;
+    assert_eq!(workload.calls(), 80);
+    assert_eq!(measurement.outcomes.get("compare-failed"), Some(&10));
+    // The latencies of calls 41 to 80.
+    assert_ms(&measurement.latency, 0.5, 6.0);
+    assert_ms(&measurement.latency, 1.0, 8.0);
 }

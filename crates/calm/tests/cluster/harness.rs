@@ -197,6 +197,9 @@ impl Cluster {
     /// Starts (or restarts) node `index` on its data directory and ports.
     pub fn spawn(&mut self, index: usize) {
         let seed = self.nodes[0].proxy;
+        // Every node votes in the coordinated keyspace.
+        let voters: Vec<String> = (1..=self.nodes.len()).map(|id| id.to_string()).collect();
+        let voters = voters.join(",");
         let node = &mut self.nodes[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -215,12 +218,20 @@ impl Cluster {
             .args(["--advertise-peer", &node.proxy.to_string()])
             .args(["--listen-admin", "127.0.0.1:0"])
             .args(["--anti-entropy-interval-ms", "500"])
+            .args(["--raft-voters", &voters])
             .args(["--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if node.id != 1 {
             command.args(["--seeds", &seed.to_string()]);
+        }
+        // The node reads its config from CALM_* variables too: the
+        // caller's environment must not change what the tests run.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CALM_") {
+                command.env_remove(name);
+            }
         }
         node.child = Some(command.spawn().unwrap());
     }
@@ -238,6 +249,13 @@ impl Cluster {
         let mut child = self.nodes[index].child.take().expect("a running node");
         signal(&child, "-TERM");
         child.wait().unwrap()
+    }
+
+    /// Sends `name` (`-STOP`, `-CONT`, ...) to node `index`'s process.
+    pub fn signal(&self, index: usize, name: &str) {
+        if let Some(child) = &self.nodes[index].child {
+            signal(child, name);
+        }
     }
 
     /// Every client endpoint, comma-separated.

@@ -4,6 +4,8 @@
 
 mod cli;
 mod harness;
+mod linearizable;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
