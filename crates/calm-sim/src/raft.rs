@@ -7,7 +7,9 @@
 //!
 //! Nemeses crash nodes (between turns or inside one; the disk loses its
 //! unsynced writes, or keeps some), cut power to all of them, pause a
-//! process, skew and step node clocks, and transfer leadership. Clients send
+//! process, skew and step node clocks, transfer leadership, and change the
+//! membership (a voter demoted to a learner and promoted back, several at
+//! once through a joint configuration). Clients send
 //! etcd requests to random voters: unique-value puts, linearizable ranges,
 //! compare-and-swap txns on mod revision (reading the key in both
 //! branches) and deletes, on a few keys, each with a deadline; a request

@@ -1,7 +1,8 @@
 //! A seeded schedule of faults: rounds of client traffic, each followed by
 //! one nemesis (a partition, a crash, a power failure, a pause, a clock
-//! jump, a leadership transfer), usually repaired before the next round;
-//! then everything is repaired and the cluster settles.
+//! jump, a leadership transfer, a membership change), usually repaired
+//! before the next round; then everything is repaired, learners are
+//! promoted back, and the cluster settles.
 
 use calm_types::NodeId;
 use rand::rngs::StdRng;
@@ -17,6 +18,10 @@ const WARM_UP_MS: u64 = 500;
 const AFTERMATH_MS: u64 = 1_000;
 /// Virtual time `settle` may take at the end, in ms.
 const SETTLE_BUDGET_MS: u64 = 30_000;
+/// How often, and how far apart, the end of a run asks for the learners'
+/// promotion.
+const PROMOTE_ATTEMPTS: usize = 20;
+const PROMOTE_RETRY_MS: u64 = 500;
 /// Mixed into the seed for the schedule's own RNG, so that the schedule
 /// does not shift when the cores draw differently from the simulation's.
 const NEMESIS_SEED_SALT: u64 = 0x6e65_6d65_7369_7321;
@@ -35,6 +40,7 @@ enum Nemesis {
     PauseAny,
     JumpClock,
     TransferLeadership,
+    Reconfigure,
     Calm,
 }
 
@@ -53,6 +59,15 @@ impl KeyspaceSim {
         self.heal();
         self.restart_all();
         self.run_workload(AFTERMATH_MS);
+        // Every demoted voter gets its vote back, so that the cluster ends
+        // as it began (a change may be refused while another is in flight,
+        // so ask until none is left).
+        for _ in 0..PROMOTE_ATTEMPTS {
+            if self.promote_learners() && self.learners().is_empty() {
+                break;
+            }
+            self.run_for(PROMOTE_RETRY_MS);
+        }
         self.settle(SETTLE_BUDGET_MS)
     }
 
@@ -91,6 +106,9 @@ impl KeyspaceSim {
             }
             Nemesis::TransferLeadership => {
                 let _ = self.transfer_leadership(any);
+            }
+            Nemesis::Reconfigure => {
+                let _ = self.toggle_voter(any);
             }
             Nemesis::Calm => {}
         }
@@ -160,7 +178,8 @@ fn pick(rng: &mut StdRng) -> Nemesis {
         62..68 => Nemesis::FreezeLeader,
         68..72 => Nemesis::PauseAny,
         72..80 => Nemesis::JumpClock,
-        80..90 => Nemesis::TransferLeadership,
+        80..88 => Nemesis::TransferLeadership,
+        88..96 => Nemesis::Reconfigure,
         _ => Nemesis::Calm,
     }
 }

@@ -2,13 +2,14 @@
 //! millisecond at a time, with the network between them, the clients in
 //! front of them and the nemeses that break them.
 
+use calm_raft::{MembershipChange, RequestId};
 use calm_types::NodeId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::config::KeyspaceSimConfig;
 use super::network::{InFlight, Network, Sent};
-use super::node::{Clock, Inbound, SimNode, TurnOutputs, TurnStage};
+use super::node::{Call, Clock, Inbound, SimNode, TurnOutputs, TurnStage};
 use super::workload::Workload;
 use crate::check::Violation;
 use crate::sim::SimError;
@@ -59,6 +60,9 @@ pub struct KeyspaceStats {
     pub transfers: u64,
     /// Forward clock jumps.
     pub clock_jumps: u64,
+    /// Membership changes asked of a leader (demotions to learner and
+    /// promotions back).
+    pub membership_changes: u64,
     /// The highest Raft term any node reached.
     pub term_max: u64,
 }
@@ -89,6 +93,8 @@ pub struct KeyspaceSim {
     pub(super) seen: Vec<Violation>,
     /// The revision the running replicas were last compared at.
     pub(super) agreed_revision: i64,
+    /// Membership changes asked for, which number their request ids.
+    membership_requests: u64,
 }
 
 impl KeyspaceSim {
@@ -120,6 +126,7 @@ impl KeyspaceSim {
             stats: KeyspaceStats::default(),
             seen: Vec::new(),
             agreed_revision: 0,
+            membership_requests: 0,
         };
         for index in 0..sim.nodes.len() {
             sim.start(index);
@@ -328,6 +335,69 @@ impl KeyspaceSim {
         Ok(taken)
     }
 
+    /// Asks the current leader to change the membership: demotes voter
+    /// `node` to a learner, or promotes it back if it is one. Raft
+    /// replicates the change as a log entry; the answer is ignored (the
+    /// next change is refused while one is in flight). Returns whether a
+    /// leader took the request.
+    pub fn toggle_voter(&mut self, node: NodeId) -> Result<bool, SimError> {
+        let target = self.index(node)? as u64 + 1;
+        let Some(leader) = self.leader() else {
+            return Ok(false);
+        };
+        let leader = self.index(leader)?;
+        let Some(keyspace) = self.nodes[leader].keyspace.as_ref() else {
+            return Ok(false);
+        };
+        let status = keyspace.raft_status();
+        let change = if status.learners.contains(&target) {
+            MembershipChange::PromoteLearner(target)
+        } else if status.voters.contains(&target) && target != leader as u64 + 1 {
+            MembershipChange::AddLearner(target)
+        } else {
+            return Ok(false);
+        };
+        // Ids far above the workload's, which the workload ignores.
+        self.membership_requests += 1;
+        let id = RequestId(u64::MAX - self.membership_requests);
+        let call = Call::ChangeMembership(vec![change]);
+        self.nodes[leader]
+            .inbox
+            .push_back(Inbound::Client { id, call });
+        self.stats.membership_changes += 1;
+        self.fold_trace(&[9, leader as u8, target as u8]);
+        Ok(true)
+    }
+
+    /// Promotes every learner back to a voter, through the leader, in one
+    /// change (a joint configuration when there are several). Returns
+    /// whether there was nothing to do or a leader took the request.
+    pub fn promote_learners(&mut self) -> bool {
+        let Some(leader) = self.leader().and_then(|l| self.index(l).ok()) else {
+            return false;
+        };
+        let Some(keyspace) = self.nodes[leader].keyspace.as_ref() else {
+            return false;
+        };
+        let learners = keyspace.raft_status().learners;
+        if learners.is_empty() {
+            return true;
+        }
+        let changes = learners
+            .into_iter()
+            .map(MembershipChange::PromoteLearner)
+            .collect();
+        self.membership_requests += 1;
+        let id = RequestId(u64::MAX - self.membership_requests);
+        let call = Call::ChangeMembership(changes);
+        self.nodes[leader]
+            .inbox
+            .push_back(Inbound::Client { id, call });
+        self.stats.membership_changes += 1;
+        self.fold_trace(&[10, leader as u8]);
+        true
+    }
+
     // ---- Views ----
 
     /// The active node that believes it leads at the highest term, if any.
@@ -349,7 +419,20 @@ impl KeyspaceSim {
             .is_ok_and(|index| self.nodes[index].keyspace.is_some())
     }
 
-    /// Every voter's id.
+    /// The learners the current leader knows (demoted voters).
+    pub fn learners(&self) -> Vec<NodeId> {
+        let leader = self.leader().and_then(|l| self.index(l).ok());
+        leader
+            .and_then(|index| self.nodes[index].keyspace.as_ref())
+            .map(|keyspace| keyspace.raft_status().learners)
+            .unwrap_or_default()
+            .into_iter()
+            .map(NodeId)
+            .collect()
+    }
+
+    /// Every node's id (each starts as a voter; see
+    /// [`toggle_voter`](Self::toggle_voter)).
     pub fn voters(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|node| NodeId(node.id)).collect()
     }

@@ -7,8 +7,8 @@ use calm_proto::calm::raft::v1::command::Request;
 use calm_proto::etcd::etcdserverpb::RangeRequest;
 use calm_proto::etcd::mvccpb::Event;
 use calm_raft::{
-    Keyspace, KeyspaceConfig, KeyspaceError, OpenError, Output, RaftConfig, Read, Reply, RequestId,
-    StateConfig, WatchConfig, WatchId, WatchSpec,
+    Keyspace, KeyspaceConfig, KeyspaceError, MembershipChange, OpenError, Output, RaftConfig, Read,
+    Reply, RequestId, StateConfig, WatchConfig, WatchId, WatchSpec,
 };
 use calm_storage::{Limits, MemoryEngine, Storage, WriteBatch};
 
@@ -39,6 +39,8 @@ pub(super) enum Call {
     Propose(Request),
     /// A linearizable read.
     Read(RangeRequest),
+    /// A membership change (MemberAdd, MemberPromote, a demotion).
+    ChangeMembership(Vec<MembershipChange>),
 }
 
 /// An input waiting for the node's next turn.
@@ -378,6 +380,10 @@ fn take_input(
                 keyspace.read(id, Read::Range(range), local);
             }
         }
+        Inbound::Client {
+            id,
+            call: Call::ChangeMembership(changes),
+        } => keyspace.change_membership(id, changes, local),
     }
 }
 

@@ -90,6 +90,7 @@ fn many_seeds_of_chaos_keep_every_keyspace_checker_green() {
         );
         assert!(t.messages_duplicated > 0 && t.messages_blocked > 0, "{t:?}");
         assert!(t.swaps > 0 && t.indeterminate > 0, "{t:?}");
+        assert!(t.membership_changes > 0, "{t:?}");
     }
 }
 
@@ -253,6 +254,28 @@ fn acknowledging_before_the_sync_loses_writes_that_the_checkers_catch() {
 }
 
 #[test]
+fn a_voter_demoted_to_learner_and_promoted_back_keeps_histories_linearizable() {
+    // Raft §6 (etcd's MemberPromote and a demotion): the configuration
+    // changes through the log while clients keep writing and reading.
+    let mut sim = KeyspaceSim::new(KeyspaceSimConfig::new(11)).unwrap();
+    sim.run_for(500);
+    let leader = sim.leader().expect("a leader");
+    let follower = sim.voters().into_iter().find(|&n| n != leader).unwrap();
+    assert!(
+        sim.toggle_voter(follower).unwrap(),
+        "the leader takes the change"
+    );
+    sim.run_workload(1_000);
+    assert_eq!(sim.learners(), [follower], "the follower was demoted");
+    assert!(sim.promote_learners());
+    sim.run_workload(1_000);
+    assert!(sim.settle(10_000), "{:?}", sim.stats());
+    assert_eq!(sim.learners(), [], "the learner was promoted back");
+    sim.check_all().unwrap();
+    assert!(sim.request_counts().0 > 100, "{:?}", sim.stats());
+}
+
+#[test]
 fn a_watch_resumed_at_the_last_seen_revision_is_caught_repeating_events() {
     // etcd API guarantee: a watcher that resumes after the last revision it
     // saw gets every later event exactly once. The planted bug resumes at
@@ -312,5 +335,6 @@ fn add(total: &mut KeyspaceStats, stats: &KeyspaceStats) {
     total.pauses += stats.pauses;
     total.transfers += stats.transfers;
     total.clock_jumps += stats.clock_jumps;
+    total.membership_changes += stats.membership_changes;
     total.term_max = total.term_max.max(stats.term_max);
 }
