@@ -187,7 +187,9 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
 /// takes the same addresses as `calm`.
 fn client_routes(backend: Arc<NodeHandle>, metrics: Arc<Metrics>) -> tonic::service::Routes {
     let routes = crate::api::routes(Arc::clone(&backend), metrics);
-    crate::etcd::add_routes(routes, backend, crate::etcd::Limits::default())
+    let routes = crate::etcd::add_routes(routes, Arc::clone(&backend), Default::default());
+    // A node outside the keyspace's membership passes etcd calls on.
+    crate::etcd::forward::forwarding(routes, backend)
 }
 
 /// The store's bounds. One batch must hold a single Raft entry's whole

@@ -8,6 +8,7 @@
 //! backend (cluster id, member id, revision, raft term).
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use calm_proto::etcd::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
@@ -117,6 +118,13 @@ pub trait Coordinated: Send + Sync + 'static {
 
     /// This member's status (version, db size, leader, raft index and term).
     fn status(&self) -> impl Future<Output = Result<StatusResponse, Status>> + Send;
+    /// Where this node passes etcd requests on, whole (see
+    /// [`forward`](super::forward)): a member's client address when this
+    /// node is outside the keyspace's membership, `None` when it serves
+    /// them itself (the default).
+    fn forward_target(&self) -> impl Future<Output = Option<SocketAddr>> + Send {
+        std::future::ready(None)
+    }
     /// Lists, activates or deactivates alarms.
     fn alarm(
         &self,

@@ -18,6 +18,7 @@ mod cluster;
 mod concurrency;
 mod election;
 pub mod error;
+pub mod forward;
 mod kv;
 mod lease;
 mod lock;

@@ -91,6 +91,10 @@ pub(super) enum EtcdCommand {
     MoveLeader { target: u64, reply: Answer<()> },
     /// The whole keyspace as one blob.
     Snapshot { reply: Answer<Vec<u8>> },
+    /// Where a node outside the keyspace's membership forwards etcd
+    /// requests: a voter's client address, or `None` when this node is a
+    /// member (it serves them) or knows no voter's address.
+    ForwardTarget { reply: Answer<Option<SocketAddr>> },
 }
 
 /// A caller waiting for the core's reply to its request.
@@ -128,6 +132,9 @@ pub(super) struct Coordination {
     watchers: HashMap<WatchId, mpsc::Sender<WatchResponse>>,
     /// Every node's peer and client address, as the loop last published.
     addresses: HashMap<NodeId, NodeAddresses>,
+    /// The configured voters (`--raft-voters`), which a node outside the
+    /// membership forwards to.
+    voters: Vec<NodeId>,
     /// Watches whose queue was full: they get nothing until it has room.
     paused: HashSet<WatchId>,
     next_request: u64,
@@ -173,6 +180,7 @@ impl Coordination {
             watchers: HashMap::new(),
             paused: HashSet::new(),
             addresses: HashMap::new(),
+            voters: options.voters.clone(),
             next_request: 0,
         })
     }
@@ -207,6 +215,7 @@ impl Coordination {
                 | EtcdCommand::Status { .. }
                 | EtcdCommand::Progress { .. }
                 | EtcdCommand::Snapshot { .. }
+                | EtcdCommand::ForwardTarget { .. }
         );
         if !serves_locally && !self.keyspace.is_member() {
             // Not retryable here (etcd clients retry UNAVAILABLE at once):
@@ -314,7 +323,25 @@ impl Coordination {
             EtcdCommand::Snapshot { reply } => {
                 let _ = reply.send(Ok(self.keyspace.state().snapshot()));
             }
+            EtcdCommand::ForwardTarget { reply } => {
+                let _ = reply.send(Ok(self.forward_target()));
+            }
         }
+    }
+
+    /// See [`EtcdCommand::ForwardTarget`]: the first voter, of the current
+    /// membership as this node knows it or else of the configured ones,
+    /// whose client address gossip has published.
+    fn forward_target(&self) -> Option<SocketAddr> {
+        if self.keyspace.is_member() {
+            return None;
+        }
+        let status = self.keyspace.raft_status();
+        let known = status.voters.into_iter().map(NodeId);
+        known
+            .chain(self.voters.iter().copied())
+            .filter(|&voter| voter.0 != status.id)
+            .find_map(|voter| self.addresses.get(&voter)?.client)
     }
 
     /// The member list: Raft's voters and learners with their addresses.
@@ -623,6 +650,7 @@ impl EtcdCommand {
             EtcdCommand::HashKv { reply, .. } => drop(reply.send(Err(status))),
             EtcdCommand::MoveLeader { reply, .. } => drop(reply.send(Err(status))),
             EtcdCommand::Snapshot { reply } => drop(reply.send(Err(status))),
+            EtcdCommand::ForwardTarget { reply } => drop(reply.send(Err(status))),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! the event loop, which proposes it to Raft, reads through ReadIndex, or
 //! answers from the applied state.
 
+use std::net::SocketAddr;
+
 use calm_proto::calm::raft::v1::command::Request;
 use calm_proto::etcd::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
@@ -202,6 +204,13 @@ impl Coordinated for NodeHandle {
 
     async fn status(&self) -> Result<StatusResponse, Status> {
         self.etcd(|reply| EtcdCommand::Status { reply }).await
+    }
+
+    async fn forward_target(&self) -> Option<SocketAddr> {
+        self.etcd(|reply| EtcdCommand::ForwardTarget { reply })
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn alarm(&self, request: AlarmRequest) -> Result<AlarmResponse, Status> {

@@ -139,6 +139,9 @@ pub struct Cluster {
     pub nodes: Vec<NodeProcess>,
     /// The fault proxies' link table.
     pub links: Links,
+    /// Nodes 1 to `voters` vote in the coordinated keyspace; the others
+    /// are outside it.
+    voters: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -166,6 +169,12 @@ impl Cluster {
     /// Starts `size` nodes: node 1 founds the cluster, the others join
     /// through its proxy. Returns once every node sees every node alive.
     pub async fn start(size: u64) -> Cluster {
+        Cluster::start_with_voters(size, size as usize).await
+    }
+
+    /// Like [`start`](Self::start), with only nodes 1 to `voters` voting
+    /// in the coordinated keyspace.
+    pub async fn start_with_voters(size: u64, voters: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let links = Links::default();
         let mut nodes = Vec::new();
@@ -185,6 +194,7 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes,
             links,
+            voters,
             _dir: dir,
         };
         for index in 0..cluster.nodes.len() {
@@ -197,8 +207,7 @@ impl Cluster {
     /// Starts (or restarts) node `index` on its data directory and ports.
     pub fn spawn(&mut self, index: usize) {
         let seed = self.nodes[0].proxy;
-        // Every node votes in the coordinated keyspace.
-        let voters: Vec<String> = (1..=self.nodes.len()).map(|id| id.to_string()).collect();
+        let voters: Vec<String> = (1..=self.voters).map(|id| id.to_string()).collect();
         let voters = voters.join(",");
         let node = &mut self.nodes[index];
         let log = std::fs::OpenOptions::new()

@@ -3,6 +3,7 @@
 //! proxies; the CLI and `calm dev` run as a user would run them.
 
 mod cli;
+mod forward;
 mod harness;
 mod linearizable;
 mod watch;
