@@ -44,6 +44,8 @@ REMAINING = re.compile(r"TTL\((\d+)s\), remaining\((-?\d+)s\)")
 ATTACHED = re.compile(r"attached keys\(\[([^\]]*)\]\)")
 HEX_LINE = re.compile(r"^[0-9a-f]{1,16}$")
 EXIT_LINE = re.compile(r"^-> exit -?\d+$")
+# etcdctl prints a member id as %16x (space-padded) in member command lines.
+MEMBER_UPDATED = re.compile(r"Member +([0-9a-f]{1,16}) updated in cluster +([0-9a-f]{1,16})")
 
 
 class Normaliser:
@@ -135,6 +137,8 @@ class Normaliser:
         line = SESSION_KEY.sub(lambda m: m.group(1) + self.lease(int(m.group(2), 16), unordered), line)
         line = REMAINING.sub(remaining, line)
         line = ATTACHED.sub(lambda m: "attached keys([" + " ".join(sorted(m.group(1).split())) + "])", line)
+        line = MEMBER_UPDATED.sub(
+            lambda m: f"Member {self.member(int(m.group(1), 16))} updated in cluster <cluster>", line)
         return line
 
     # ---- JSON ------------------------------------------------------------

@@ -316,6 +316,14 @@ elect_steps() {
 cluster_steps() {
   step "member list -w table [unordered]" ctl member list -w table
   step "member list -w json [unordered]" ctl member list -w json
+  # The member serving the first endpoint, with the peer URL it has.
+  local member
+  member=$(ctl member list -w json | python3 -c '
+import json, sys
+first = "http://" + sys.argv[1]
+m = [m for m in json.load(sys.stdin)["members"] if first in m.get("clientURLs", [])][0]
+print("%x %s" % (m["ID"], m["peerURLs"][0]))' "${endpoints%%,*}")
+  step "member update with the member's own peer URL" ctl member update ${member% *} --peer-urls="${member#* }"
   step "endpoint status -w table" ctl endpoint status -w table
   step "endpoint status -w json" ctl endpoint status -w json
   step "endpoint health [unordered]" ctl endpoint health

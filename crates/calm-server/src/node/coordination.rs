@@ -15,8 +15,9 @@ use calm_proto::calm::raft::v1::command::Request;
 use calm_proto::etcd::etcdserverpb::{
     HashKvResponse, LeaseLeasesResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse, Member, MemberAddRequest, MemberAddResponse, MemberListResponse,
-    MemberPromoteResponse, MemberRemoveResponse, RangeRequest, RangeResponse, ResponseHeader,
-    StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    WatchCreateRequest, WatchResponse,
 };
 use calm_raft::{
     Keyspace, KeyspaceConfig, KeyspaceError, LeaseQuestion, MembershipChange, Output, RaftConfig,
@@ -79,6 +80,12 @@ pub(super) enum EtcdCommand {
     MemberPromote {
         id: u64,
         reply: Answer<MemberPromoteResponse>,
+    },
+    /// Confirms a member's peer URLs (they are the addresses it
+    /// advertises; an operator cannot move them).
+    MemberUpdate {
+        request: MemberUpdateRequest,
+        reply: Answer<MemberUpdateResponse>,
     },
     /// This member's status.
     Status { reply: Answer<StatusResponse> },
@@ -311,6 +318,9 @@ impl Coordination {
                 let change = vec![MembershipChange::PromoteLearner(member)];
                 self.keyspace.change_membership(id, change, now_ms);
             }
+            EtcdCommand::MemberUpdate { request, reply } => {
+                let _ = reply.send(self.member_update(&request));
+            }
             EtcdCommand::Status { reply } => {
                 let _ = reply.send(Ok(self.keyspace.status()));
             }
@@ -434,6 +444,29 @@ impl Coordination {
     }
 
     /// The node whose peer address is one of `urls` (`http://host:port`).
+    /// etcd's MemberUpdate, where a member's peer URLs are the addresses
+    /// it advertises through gossip: an update naming those is answered
+    /// with the member list (so `etcdctl member update` with the current
+    /// URLs succeeds, as on etcd); one naming others is refused, since
+    /// only the node itself can move (restart it with a new
+    /// `--advertise-peer`).
+    fn member_update(&self, request: &MemberUpdateRequest) -> Result<MemberUpdateResponse, Status> {
+        let status = self.keyspace.raft_status();
+        let known = status.voters.contains(&request.id) || status.learners.contains(&request.id);
+        if !known {
+            return Err(Status::not_found("etcdserver: member not found"));
+        }
+        if self.node_at(&request.peer_ur_ls) != Some(NodeId(request.id)) {
+            return Err(Status::failed_precondition(format!(
+                "calm: member {:x} advertises its own peer URL (--advertise-peer), not {:?}; \
+                 restart it with the new address instead",
+                request.id, request.peer_ur_ls
+            )));
+        }
+        let MemberListResponse { header, members } = self.members();
+        Ok(MemberUpdateResponse { header, members })
+    }
+
     fn node_at(&self, urls: &[String]) -> Option<NodeId> {
         let wanted: Vec<SocketAddr> = urls
             .iter()
@@ -646,6 +679,7 @@ impl EtcdCommand {
             EtcdCommand::MemberAdd { reply, .. } => drop(reply.send(Err(status))),
             EtcdCommand::MemberRemove { reply, .. } => drop(reply.send(Err(status))),
             EtcdCommand::MemberPromote { reply, .. } => drop(reply.send(Err(status))),
+            EtcdCommand::MemberUpdate { reply, .. } => drop(reply.send(Err(status))),
             EtcdCommand::Status { reply } => drop(reply.send(Err(status))),
             EtcdCommand::HashKv { reply, .. } => drop(reply.send(Err(status))),
             EtcdCommand::MoveLeader { reply, .. } => drop(reply.send(Err(status))),

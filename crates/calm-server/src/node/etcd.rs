@@ -183,14 +183,10 @@ impl Coordinated for NodeHandle {
 
     async fn member_update(
         &self,
-        _request: MemberUpdateRequest,
+        request: MemberUpdateRequest,
     ) -> Result<MemberUpdateResponse, Status> {
-        // A member's addresses are its own: it advertises them through
-        // gossip, so there is nothing for an operator to update.
-        Err(Status::failed_precondition(
-            "calm: a member's peer URLs are the addresses it advertises (--advertise-peer); \
-             restart it with new ones instead",
-        ))
+        self.etcd(|reply| EtcdCommand::MemberUpdate { request, reply })
+            .await
     }
 
     async fn member_promote(
