@@ -121,7 +121,11 @@ pub struct NodeConfig {
     pub quota_backend_bytes: u64,
     /// Serve linearizable reads on the leader's lease instead of a quorum
     /// round (Raft's lease reads): one round trip less, but correct only
-    /// while clocks drift less than the election timeout. Default false.
+    /// while clocks drift less than the election timeout and no process
+    /// pauses: a leader frozen past an election resumes trusting its lease
+    /// and answers stale reads (shown by calm-sim's
+    /// `lease_based_reads_turn_stale_when_a_frozen_leader_resumes`).
+    /// Default false.
     pub raft_lease_reads: bool,
 }
 
@@ -556,8 +560,9 @@ pub struct NodeArgs {
     /// The coordinated keyspace's quota in bytes [default: 2147483648].
     #[arg(long, env = "CALM_QUOTA_BACKEND_BYTES", value_name = "BYTES")]
     pub quota_backend_bytes: Option<u64>,
-    /// Linearizable reads on the leader's lease, not a quorum round
-    /// (true|false) [default: false].
+    /// Linearizable reads on the leader's lease, not a quorum round; a
+    /// leader paused (SIGSTOP, GC, VM) past an election can serve stale
+    /// reads (true|false) [default: false].
     #[arg(long, env = "CALM_RAFT_LEASE_READS", value_name = "BOOL")]
     pub raft_lease_reads: Option<bool>,
 }
