@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::log::{Membership, STATE_KEYSPACE};
 use crate::node::{
     CommittedPayload, ConfChangeOutcome, MembershipChange, OutboundMessage, Output as RaftOutput,
-    RaftConfig, RaftCore, RaftStatus,
+    RaftConfig, RaftCore, RaftStatus, Role,
 };
 use crate::state::{ApplyError, Outcome, Response, StateConfig, StateMachine};
 use crate::watch::{WatchBatch, WatchConfig, WatchError, WatchHub, WatchId, WatchSpec};
@@ -241,7 +241,7 @@ pub struct Keyspace {
     /// Reads awaiting a read index, by context.
     reads: BTreeMap<u64, PendingRead>,
     /// Reads with a read index, awaiting the apply: (index, seq) → read.
-    indexed: BTreeMap<(u64, u64), (RequestId, Read)>,
+    indexed: BTreeMap<(u64, u64), Confirmed>,
     /// Lease questions forwarded to the leader.
     asked: BTreeMap<u64, (u64, RequestId)>,
     next_seq: u64,
@@ -311,8 +311,13 @@ impl Keyspace {
         match wire {
             Wire::Raft(message) => self.raft.step(from, &message).map_err(|e| e.to_string()),
             Wire::Ask { id, question } => {
-                let answer = self.answer(question, now_ms);
-                self.send(from, &Wire::Answer { id, answer });
+                if self.leader == self.me {
+                    let asker = Asker::Peer { node: from, id };
+                    self.confirm(Confirmed::Lease(asker, question), now_ms);
+                } else {
+                    let answer = self.answer(question, now_ms);
+                    self.send(from, &Wire::Answer { id, answer });
+                }
                 Ok(())
             }
             Wire::Answer { id, answer } => {
@@ -352,27 +357,51 @@ impl Keyspace {
     /// A linearizable read: served once the state has applied up to the
     /// leader's commit index as of now (Raft's ReadIndex).
     pub fn read(&mut self, id: RequestId, read: Read, now_ms: u64) {
+        self.confirm(Confirmed::Read(id, read), now_ms);
+    }
+
+    /// Serves `waiter` once a ReadIndex round confirmed the leader's
+    /// leadership as of now and the state applied up to its commit index.
+    fn confirm(&mut self, waiter: Confirmed, now_ms: u64) {
         let context = self.next();
         let deadline = now_ms + self.config.request_timeout_ms;
         if self.leader == 0 {
             // Raft drops a read index asked without a leader; wait for one.
             if self.leaderless.len() >= self.config.leaderless_max {
-                self.reply(id, Err(KeyspaceError::no_leader()));
+                self.fail(waiter, KeyspaceError::no_leader());
                 return;
             }
             self.reads
-                .insert(context, PendingRead::new(deadline, now_ms, id, read));
+                .insert(context, PendingRead::new(deadline, now_ms, waiter));
             self.leaderless.push(Leaderless::Read(context));
             return;
         }
         match self.raft.read_index(self.read_context(context)) {
             Ok(()) => {
                 self.reads
-                    .insert(context, PendingRead::new(deadline, now_ms, id, read));
+                    .insert(context, PendingRead::new(deadline, now_ms, waiter));
             }
             Err(error) => {
                 let error = KeyspaceError::unavailable(&format!("etcdserver: {error}"));
+                self.fail(waiter, error);
+            }
+        }
+    }
+
+    /// Answers `waiter` with `error`, wherever it waits.
+    fn fail(&mut self, waiter: Confirmed, error: KeyspaceError) {
+        match waiter {
+            Confirmed::Read(id, _) | Confirmed::Lease(Asker::Local(id), _) => {
                 self.reply(id, Err(error));
+            }
+            Confirmed::Lease(Asker::Peer { node, id }, _) => {
+                self.send(
+                    node,
+                    &Wire::Answer {
+                        id,
+                        answer: Err(error),
+                    },
+                );
             }
         }
     }
@@ -411,8 +440,7 @@ impl Keyspace {
     /// A lease question, answered here on the leader or forwarded to it.
     pub fn ask(&mut self, id: RequestId, question: LeaseQuestion, now_ms: u64) {
         if self.leader == self.me {
-            let answer = self.answer(question, now_ms);
-            self.reply(id, answer.map(Reply::Lease));
+            self.confirm(Confirmed::Lease(Asker::Local(id), question), now_ms);
         } else if self.leader == 0 {
             self.reply(id, Err(KeyspaceError::no_leader()));
         } else {
@@ -483,7 +511,13 @@ impl Keyspace {
     /// deadlines.
     pub fn tick(&mut self, now_ms: u64) {
         self.raft.tick();
-        if self.leader == self.me {
+        // Raft's role now, not `self.leader` alone: this turn's inputs may
+        // have deposed this node before `after_sync` reports it, and a
+        // follower's proposal is forwarded to the real leader, which would
+        // apply an expiry timed by this node's stale lessor (found by
+        // calm-sim's lease checker: a leader paused past an election
+        // revoked a lease the new leader had just renewed).
+        if self.leader == self.me && self.raft.status().role == Role::Leader {
             for id in self.state.lessor_mut().expired(now_ms) {
                 // Nobody waits for an expiry: proposal 0. A lost proposal is
                 // retried when the lessor offers the lease again.
@@ -522,11 +556,15 @@ impl Keyspace {
         let waiting: Vec<RequestId> = std::mem::take(&mut self.proposals)
             .into_values()
             .map(|(_, id)| id)
-            .chain(std::mem::take(&mut self.reads).into_values().map(|p| p.id))
+            .chain(
+                std::mem::take(&mut self.reads)
+                    .into_values()
+                    .filter_map(|p| p.waiter.local_id()),
+            )
             .chain(
                 std::mem::take(&mut self.indexed)
                     .into_values()
-                    .map(|(id, _)| id),
+                    .filter_map(|waiter| waiter.local_id()),
             )
             .chain(
                 std::mem::take(&mut self.asked)
@@ -603,15 +641,15 @@ impl Keyspace {
         }
         for ready in &output.read_states {
             let waiting = decode_context(self.me, &ready.ctx).and_then(|c| self.reads.remove(&c));
-            if let Some(PendingRead { id, read, .. }) = waiting {
+            if let Some(PendingRead { waiter, .. }) = waiting {
                 let seq = self.next();
-                self.indexed.insert((ready.index, seq), (id, read));
+                self.indexed.insert((ready.index, seq), waiter);
             }
         }
         if let Some(batch) = batches.last_mut() {
             self.maybe_compact(batch, output.snapshot_wanted);
         }
-        self.serve_reads();
+        self.serve_reads(now_ms);
         batches.retain(|batch| !batch.is_empty());
         Ok(batches)
     }
@@ -824,10 +862,10 @@ impl Keyspace {
                         continue;
                     }
                     if let Err(error) = self.raft.read_index(self.read_context(context))
-                        && let Some(PendingRead { id, .. }) = self.reads.remove(&context)
+                        && let Some(PendingRead { waiter, .. }) = self.reads.remove(&context)
                     {
                         let error = KeyspaceError::unavailable(&format!("etcdserver: {error}"));
-                        self.reply(id, Err(error));
+                        self.fail(waiter, error);
                     }
                 }
             }
@@ -856,21 +894,31 @@ impl Keyspace {
             .collect();
         for context in due {
             if let Err(error) = self.raft.read_index(self.read_context(context))
-                && let Some(PendingRead { id, .. }) = self.reads.remove(&context)
+                && let Some(PendingRead { waiter, .. }) = self.reads.remove(&context)
             {
                 let error = KeyspaceError::unavailable(&format!("etcdserver: {error}"));
-                self.reply(id, Err(error));
+                self.fail(waiter, error);
             }
         }
     }
 
-    fn serve_reads(&mut self) {
+    fn serve_reads(&mut self, now_ms: u64) {
         let applied = self.state.applied();
         while let Some(entry) = self.indexed.first_entry() {
             if entry.key().0 > applied {
                 break;
             }
-            let (id, read) = entry.remove();
+            let (id, read) = match entry.remove() {
+                Confirmed::Read(id, read) => (id, read),
+                Confirmed::Lease(asker, question) => {
+                    let answer = self.answer(question, now_ms);
+                    match asker {
+                        Asker::Local(id) => self.reply(id, answer.map(Reply::Lease)),
+                        Asker::Peer { node, id } => self.send(node, &Wire::Answer { id, answer }),
+                    }
+                    continue;
+                }
+            };
             let result = match read {
                 Read::Range(request) => self.state.range(&request).map(Reply::Range),
                 Read::Txn(request) => self.state.read_txn(&request).map(Reply::Txn),
@@ -917,7 +965,8 @@ impl Keyspace {
         self.reads.retain(|_, pending| {
             let keep = pending.deadline_ms > now_ms;
             if !keep {
-                late.push(pending.id);
+                // A peer's question is timed out by the peer.
+                late.extend(pending.waiter.local_id());
             }
             keep
         });
@@ -1001,23 +1050,48 @@ fn changed_ids(changes: &[MembershipChange]) -> Vec<u64> {
 /// again (etcd's `readIndexRetryTime`).
 const READ_INDEX_RETRY_MS: u64 = 500;
 
-/// A linearizable read waiting for its read index.
+/// A request waiting for its read index.
 struct PendingRead {
     /// When it fails with a timeout.
     deadline_ms: u64,
     /// When its read index was last asked for.
     asked_ms: u64,
-    id: RequestId,
-    read: Read,
+    waiter: Confirmed,
 }
 
 impl PendingRead {
-    fn new(deadline_ms: u64, now_ms: u64, id: RequestId, read: Read) -> PendingRead {
+    fn new(deadline_ms: u64, now_ms: u64, waiter: Confirmed) -> PendingRead {
         PendingRead {
             deadline_ms,
             asked_ms: now_ms,
-            id,
-            read,
+            waiter,
+        }
+    }
+}
+
+/// What waits for a ReadIndex round: a linearizable read, or a lease
+/// question on the leader. A lease renewal is confirmed too: a leader that
+/// was paused or cut off past an election, and does not know it yet, must
+/// not extend a lease that the new leader will expire on its own clock
+/// (found by calm-sim's lease checker; etcd answers at once).
+enum Confirmed {
+    Read(RequestId, Read),
+    Lease(Asker, LeaseQuestion),
+}
+
+/// Who asked a lease question: a client of this node, or a follower that
+/// forwarded its client's (answered with `Wire::Answer`).
+enum Asker {
+    Local(RequestId),
+    Peer { node: u64, id: u64 },
+}
+
+impl Confirmed {
+    /// The request of this node's own client, if it is one.
+    fn local_id(&self) -> Option<RequestId> {
+        match self {
+            Confirmed::Read(id, _) | Confirmed::Lease(Asker::Local(id), _) => Some(*id),
+            Confirmed::Lease(Asker::Peer { .. }, _) => None,
         }
     }
 }

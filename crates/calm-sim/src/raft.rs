@@ -65,6 +65,7 @@ mod chaos;
 mod checks;
 mod cluster;
 mod config;
+mod leases;
 mod network;
 mod node;
 mod workload;
@@ -72,6 +73,7 @@ mod workload;
 pub use checks::LINEARIZABILITY_STEPS_MAX;
 pub use cluster::{KeyspaceSim, KeyspaceStats};
 pub use config::{
-    CLIENTS_MAX, CLOCK_RATE_PPM_MAX, KEYS_MAX, KeyspaceBug, KeyspaceSimConfig, VOTERS_MAX,
+    CLIENTS_MAX, CLOCK_RATE_PPM_MAX, KEYS_MAX, KeyspaceBug, KeyspaceSimConfig, LEASES_MAX,
+    VOTERS_MAX,
 };
 pub use node::TurnStage;

@@ -22,6 +22,11 @@ const SETTLE_BUDGET_MS: u64 = 30_000;
 /// promotion.
 const PROMOTE_ATTEMPTS: usize = 20;
 const PROMOTE_RETRY_MS: u64 = 500;
+/// Leases are abandoned at random within this many ms per round.
+const LEASE_HORIZON_MS_PER_ROUND: u64 = 1_500;
+/// Extra healthy time, beyond TTLs and elections, the leases get to
+/// expire at the end of a run (revocations are rate-limited and retried).
+const LEASE_EXPIRY_SLACK_MS: u64 = 2_000;
 /// Mixed into the seed for the schedule's own RNG, so that the schedule
 /// does not shift when the cores draw differently from the simulation's.
 const NEMESIS_SEED_SALT: u64 = 0x6e65_6d65_7369_7321;
@@ -51,6 +56,7 @@ impl KeyspaceSim {
     pub fn run_chaos(&mut self, rounds: usize) -> bool {
         let mut nemesis = StdRng::seed_from_u64(self.config.seed ^ NEMESIS_SEED_SALT);
         self.run_for(WARM_UP_MS);
+        self.start_leases(rounds as u64 * LEASE_HORIZON_MS_PER_ROUND);
         for _ in 0..rounds {
             self.run_workload(nemesis.random_range(100..600));
             let choice = pick(&mut nemesis);
@@ -67,6 +73,13 @@ impl KeyspaceSim {
                 break;
             }
             self.run_for(PROMOTE_RETRY_MS);
+        }
+        if self.config.leases > 0 {
+            // Healthy for longer than any lease and the extension a new
+            // leader grants: every lease must be gone after this.
+            self.abandon_leases();
+            let election_ms = self.config.tick_ms * self.config.election_ticks as u64;
+            self.run_for(self.lease_ttl_ms_max() * 2 + 4 * election_ms + LEASE_EXPIRY_SLACK_MS);
         }
         self.settle(SETTLE_BUDGET_MS)
     }

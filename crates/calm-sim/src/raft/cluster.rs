@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::config::KeyspaceSimConfig;
+use super::leases::LeaseClient;
 use super::network::{InFlight, Network, Sent};
 use super::node::{Call, Clock, Inbound, SimNode, TurnOutputs, TurnStage};
 use super::workload::Workload;
@@ -95,6 +96,8 @@ pub struct KeyspaceSim {
     pub(super) agreed_revision: i64,
     /// Membership changes asked for, which number their request ids.
     membership_requests: u64,
+    /// The lease client, when the config asks for leases.
+    pub(super) leases: LeaseClient,
 }
 
 impl KeyspaceSim {
@@ -127,6 +130,7 @@ impl KeyspaceSim {
             seen: Vec::new(),
             agreed_revision: 0,
             membership_requests: 0,
+            leases: LeaseClient::default(),
         };
         for index in 0..sim.nodes.len() {
             sim.start(index);
@@ -166,10 +170,13 @@ impl KeyspaceSim {
         if with_clients {
             self.clients_act();
         }
+        // Keep-alives run in the background, as a real client's do.
+        self.leases_act();
         for index in 0..self.nodes.len() {
             self.turn(index);
         }
         self.expire_clients();
+        self.check_leases_now();
         if self.now_ms.is_multiple_of(AGREEMENT_PERIOD_MS) {
             self.check_running_agree();
         }
@@ -311,6 +318,7 @@ impl KeyspaceSim {
     pub fn jump_clock(&mut self, node: NodeId, forward_ms: u64) -> Result<(), SimError> {
         let index = self.index(node)?;
         self.nodes[index].clock.offset_ms += forward_ms;
+        self.leases.jumped_ms += forward_ms;
         self.stats.clock_jumps += 1;
         self.fold_trace(&[5, index as u8]);
         Ok(())
@@ -542,7 +550,11 @@ impl KeyspaceSim {
         let mut replies = replies;
         replies.sort_by_key(|(id, _)| *id);
         for (id, result) in replies {
-            self.answered(id, result);
+            if Self::is_lease_request(id) {
+                self.lease_answered(id, result);
+            } else {
+                self.answered(id, result);
+            }
         }
         if let Some(failure) = failure {
             let detail = format!("node {}: {failure}", index + 1);

@@ -35,6 +35,10 @@ pub enum KeyspaceBug {
     /// saw rather than the one after: after its node restarts, it gets
     /// that revision's events twice.
     WatchResumesAtLastSeen,
+    /// The driver hands the core a clock running at twice real speed (a
+    /// unit mistake), far beyond the drift leases allow for: the leader
+    /// expires leases at half their TTL.
+    ClockRunsDouble,
 }
 
 /// Everything a [`KeyspaceSim`](super::KeyspaceSim) is built from.
@@ -84,7 +88,15 @@ pub struct KeyspaceSimConfig {
     pub lease_reads: bool,
     /// A deliberate driver bug, or [`KeyspaceBug::None`].
     pub bug: KeyspaceBug,
+    /// Leases the lease client grants and renews, at most
+    /// [`LEASES_MAX`]; 0 for none. With leases the run is checked by the
+    /// lease checker instead of the linearizability checker (lease writes
+    /// are outside the clients' history).
+    pub leases: usize,
 }
+
+/// Bound of [`KeyspaceSimConfig::leases`].
+pub const LEASES_MAX: usize = 8;
 
 impl KeyspaceSimConfig {
     /// Three voters under `seed`: six clients on four keys, a lossy network
@@ -115,6 +127,7 @@ impl KeyspaceSimConfig {
             compaction_keep_entries: 20,
             lease_reads: false,
             bug: KeyspaceBug::None,
+            leases: 0,
         }
     }
 
@@ -124,6 +137,8 @@ impl KeyspaceSimConfig {
         let f = &self.faults;
         if !(1..=VOTERS_MAX).contains(&self.voters) {
             Err("voters must be in 1..=VOTERS_MAX")
+        } else if self.leases > LEASES_MAX {
+            Err("leases must be at most LEASES_MAX")
         } else if !(1..=CLIENTS_MAX).contains(&self.clients) {
             Err("clients must be in 1..=CLIENTS_MAX")
         } else if !(1..=KEYS_MAX).contains(&self.keys) {

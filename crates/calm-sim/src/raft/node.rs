@@ -7,8 +7,8 @@ use calm_proto::calm::raft::v1::command::Request;
 use calm_proto::etcd::etcdserverpb::RangeRequest;
 use calm_proto::etcd::mvccpb::Event;
 use calm_raft::{
-    Keyspace, KeyspaceConfig, KeyspaceError, MembershipChange, OpenError, Output, RaftConfig, Read,
-    Reply, RequestId, StateConfig, WatchConfig, WatchId, WatchSpec,
+    Keyspace, KeyspaceConfig, KeyspaceError, LeaseQuestion, MembershipChange, OpenError, Output,
+    RaftConfig, Read, Reply, RequestId, StateConfig, WatchConfig, WatchId, WatchSpec,
 };
 use calm_storage::{Limits, MemoryEngine, Storage, WriteBatch};
 
@@ -41,6 +41,8 @@ pub(super) enum Call {
     Read(RangeRequest),
     /// A membership change (MemberAdd, MemberPromote, a demotion).
     ChangeMembership(Vec<MembershipChange>),
+    /// A lease question (a keep-alive).
+    Ask(LeaseQuestion),
 }
 
 /// An input waiting for the node's next turn.
@@ -191,7 +193,10 @@ impl SimNode {
         bug: KeyspaceBug,
         tick_ms: u64,
     ) -> Option<TurnOutputs> {
-        let local = self.clock.local_ms(now_ms);
+        let mut local = self.clock.local_ms(now_ms);
+        if bug == KeyspaceBug::ClockRunsDouble {
+            local *= 2;
+        }
         let tick_due = local >= self.next_tick_local_ms;
         if self.inbox.is_empty() && !tick_due {
             return None;
@@ -384,6 +389,10 @@ fn take_input(
             id,
             call: Call::ChangeMembership(changes),
         } => keyspace.change_membership(id, changes, local),
+        Inbound::Client {
+            id,
+            call: Call::Ask(question),
+        } => keyspace.ask(id, question, local),
     }
 }
 

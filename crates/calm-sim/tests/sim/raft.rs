@@ -338,3 +338,59 @@ fn add(total: &mut KeyspaceStats, stats: &KeyspaceStats) {
     total.membership_changes += stats.membership_changes;
     total.term_max = total.term_max.max(stats.term_max);
 }
+
+/// Seeds the lease sweep runs unless `CALM_SIM_LEASE_SEEDS` says
+/// otherwise.
+const CI_LEASE_SEEDS: u64 = 200;
+
+fn lease_config(seed: u64) -> KeyspaceSimConfig {
+    KeyspaceSimConfig {
+        leases: 3,
+        ..config(seed)
+    }
+}
+
+#[test]
+fn a_clock_running_double_is_caught_revoking_leases_early() {
+    // The planted bug: the core's clock runs at twice real speed, so the
+    // leader expires every lease at half its TTL.
+    let config = |seed| KeyspaceSimConfig {
+        bug: KeyspaceBug::ClockRunsDouble,
+        ..lease_config(seed)
+    };
+    let violation = caught(0..20, config, KeyspaceSim::check_leases);
+    assert!(
+        violation.is_some_and(|v| v.checker == "lease never early"),
+        "an early revocation is caught"
+    );
+}
+
+#[test]
+fn leases_are_never_revoked_early_and_always_in_the_end_across_seeds() {
+    // etcd's lease guarantees under crashes, pauses, partitions and skewed
+    // or stepped clocks: no replica revokes a lease before the TTL of its
+    // last acknowledged keep-alive (on the fastest allowed clock), and an
+    // abandoned lease is revoked once the cluster is healthy.
+    let start = env_number("CALM_SIM_SEED_START", 0);
+    let count = env_number("CALM_SIM_LEASE_SEEDS", CI_LEASE_SEEDS);
+    let (mut attached, mut revoked) = (0, 0);
+    for seed in start..start.saturating_add(count) {
+        match chaos(lease_config(seed)) {
+            Ok(sim) => {
+                attached += sim.leases_attached();
+                revoked += sim.leases_revoked_during_run();
+            }
+            Err(failure) => panic!(
+                "{failure}\nreplay: CALM_SIM_SEED_START={seed} CALM_SIM_LEASE_SEEDS=1 cargo test -p calm-sim --test sim raft::leases_are -- --nocapture"
+            ),
+        }
+    }
+    println!(
+        "lease seeds {start}..{}: {attached} leases attached, {revoked} revoked while running",
+        start + count
+    );
+    assert!(
+        attached > 0 && revoked > 0,
+        "{attached} attached, {revoked} revoked"
+    );
+}
