@@ -11,6 +11,8 @@
 //! the caller's batch, so after a crash the node reloads a state and an
 //! applied index that agree, and Raft replays the entries after it.
 
+use std::collections::BTreeMap;
+
 use calm_proto::calm::raft::v1::{Command, command::Request};
 use calm_proto::etcd::etcdserverpb::DeleteRangeRequest;
 use calm_proto::etcd::etcdserverpb::{
@@ -20,7 +22,7 @@ use calm_proto::etcd::etcdserverpb::{
     request_op,
 };
 use calm_proto::etcd::mvccpb::{Event, event::EventType};
-use calm_storage::{Keyspace, ReadView, StorageError, WriteBatch};
+use calm_storage::{KeyRange, Keyspace, Order, ReadView, StorageError, WriteBatch};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,11 @@ use crate::mvcc::{Applied, Mvcc, MvccError};
 const STATE: Keyspace = Keyspace::new("raft_applied");
 const APPLIED_KEY: &[u8] = b"applied";
 const ALARMS_KEY: &[u8] = b"alarms";
+/// Each proposer's highest applied proposal number: proposer id (8 bytes,
+/// big-endian) → proposal number (8 bytes, big-endian).
+const PROPOSERS: Keyspace = Keyspace::new("raft_proposers");
+/// Proposers read per page when loading.
+const PROPOSERS_PAGE: usize = 1024;
 
 /// The state machine's bounds.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +120,9 @@ pub enum ApplyError {
     /// The command holds no request.
     #[error("empty command")]
     Empty,
+    /// A copy of a proposal already applied; skipped, nothing changed.
+    #[error("duplicate proposal")]
+    Duplicate,
 }
 
 impl ApplyError {
@@ -124,7 +134,7 @@ impl ApplyError {
             // RESOURCE_EXHAUSTED, as etcd's ErrGRPCNoSpace.
             ApplyError::NoSpace => 8,
             // INTERNAL.
-            ApplyError::Decode(_) | ApplyError::Empty => 13,
+            ApplyError::Decode(_) | ApplyError::Empty | ApplyError::Duplicate => 13,
         }
     }
 
@@ -178,6 +188,12 @@ pub struct StateMachine {
     lessor: Lessor,
     applied: u64,
     alarms: Vec<AlarmMember>,
+    /// Each proposer's highest applied proposal number. A node numbers its
+    /// proposals in the order it makes them, from its incarnation up, so
+    /// an entry at or below its proposer's mark is a copy of one already
+    /// applied (a duplicated or re-delivered `MsgPropose`; Raft itself does
+    /// not deduplicate) and is skipped: every proposal applies at most once.
+    proposers: BTreeMap<u64, u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -186,6 +202,7 @@ struct Snapshot {
     alarms: Vec<(u64, i32)>,
     mvcc: Vec<u8>,
     lessor: Vec<u8>,
+    proposers: Vec<(u64, u64)>,
 }
 
 impl StateMachine {
@@ -198,6 +215,7 @@ impl StateMachine {
             lessor,
             applied: 0,
             alarms: Vec::new(),
+            proposers: BTreeMap::new(),
         }
     }
 
@@ -216,12 +234,14 @@ impl StateMachine {
             Some(bytes) => decode_alarms(&bytes)?,
             None => Vec::new(),
         };
+        let proposers = load_proposers(view)?;
         Ok(StateMachine {
             config,
             mvcc,
             lessor,
             applied,
             alarms,
+            proposers,
         })
     }
 
@@ -241,6 +261,22 @@ impl StateMachine {
                 };
             }
         };
+        if command.proposal != 0 {
+            let mark = self.proposers.entry(command.proposer).or_default();
+            if command.proposal <= *mark {
+                // A copy of an applied proposal: its proposer was answered
+                // by the first one, so nobody waits for this.
+                return Outcome {
+                    proposer: 0,
+                    proposal: 0,
+                    result: Err(ApplyError::Duplicate),
+                    events: Vec::new(),
+                };
+            }
+            *mark = command.proposal;
+            let key = command.proposer.to_be_bytes();
+            batch.put(PROPOSERS, key, command.proposal.to_be_bytes());
+        }
         let (result, events) = match command.request {
             Some(request) => match self.execute(request, batch) {
                 Ok((response, events)) => (Ok(response), events),
@@ -279,6 +315,11 @@ impl StateMachine {
             .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
             .collect();
         self.write_alarms(batch);
+        batch.delete_range(PROPOSERS, KeyRange::prefix(&[]));
+        for &(proposer, proposal) in &snapshot.proposers {
+            batch.put(PROPOSERS, proposer.to_be_bytes(), proposal.to_be_bytes());
+        }
+        self.proposers = snapshot.proposers.into_iter().collect();
         self.set_applied(snapshot.applied, batch);
         Ok(())
     }
@@ -292,6 +333,7 @@ impl StateMachine {
             alarms: self.alarms.iter().map(|a| (a.member_id, a.alarm)).collect(),
             mvcc: self.mvcc.snapshot(),
             lessor: self.lessor.snapshot(),
+            proposers: self.proposers.iter().map(|(&k, &v)| (k, v)).collect(),
         };
         // Serialising plain vectors and integers into memory cannot fail.
         postcard::to_stdvec(&snapshot).expect("a snapshot serialises")
@@ -616,8 +658,29 @@ fn attach_keys(mvcc: &Mvcc, lessor: &mut Lessor) {
 fn decode_u64(bytes: &[u8]) -> Result<u64, StateError> {
     let array: [u8; 8] = bytes
         .try_into()
-        .map_err(|_| StateError::Corrupt("applied index is not 8 bytes".to_string()))?;
+        .map_err(|_| StateError::Corrupt("a stored number is not 8 bytes".to_string()))?;
     Ok(u64::from_be_bytes(array))
+}
+
+/// Every proposer's mark, written by earlier applies.
+fn load_proposers(view: &impl ReadView) -> Result<BTreeMap<u64, u64>, StateError> {
+    let mut proposers = BTreeMap::new();
+    let mut start = Vec::new();
+    loop {
+        let range = KeyRange::starting_at(start);
+        let page = view.scan(PROPOSERS, &range, Order::Ascending, PROPOSERS_PAGE)?;
+        for (key, value) in &page {
+            let proposer = decode_u64(key)?;
+            proposers.insert(proposer, decode_u64(value)?);
+        }
+        match page.last() {
+            // The next page starts just after the last key read.
+            Some((last, _)) if page.len() == PROPOSERS_PAGE => {
+                start = [last.as_slice(), &[0]].concat();
+            }
+            _ => return Ok(proposers),
+        }
+    }
 }
 
 fn decode_alarms(bytes: &[u8]) -> Result<Vec<AlarmMember>, StateError> {
@@ -835,6 +898,60 @@ mod tests {
             .expect("restores");
         assert_eq!(follower.snapshot(), h.state.snapshot());
         assert_eq!(follower.applied(), h.state.applied());
+    }
+
+    #[test]
+    fn a_proposal_appended_twice_applies_once_across_reloads_and_snapshots() {
+        // Raft does not deduplicate proposals: a forwarded MsgPropose that
+        // arrives twice is appended twice. The copy must change nothing.
+        let put = |proposal: u64, value: &str| Command {
+            proposal,
+            proposer: 7,
+            request: Some(Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: value.into(),
+                ..PutRequest::default()
+            })),
+        };
+        let mut h = Harness::new(StateConfig::default());
+        let apply = |h: &mut Harness, command: &Command| {
+            h.index += 1;
+            let mut batch = WriteBatch::new();
+            let outcome = h.state.apply(h.index, &command.encode_to_vec(), &mut batch);
+            h.engine.write(&batch).expect("the batch is within limits");
+            outcome
+        };
+        let first = apply(&mut h, &put(10, "one"));
+        assert!(first.result.is_ok() && first.proposal == 10);
+        let revision = h.state.mvcc().revision();
+        let copy = apply(&mut h, &put(10, "one"));
+        assert!(matches!(copy.result, Err(ApplyError::Duplicate)));
+        assert_eq!(
+            (copy.proposer, copy.proposal),
+            (0, 0),
+            "nobody waits for it"
+        );
+        assert_eq!(
+            h.state.mvcc().revision(),
+            revision,
+            "the copy changed nothing"
+        );
+
+        // A reloaded node and a follower restoring a snapshot skip it too.
+        let mut reloaded = h.reloaded();
+        let mut batch = WriteBatch::new();
+        let again = reloaded.apply(h.index + 1, &put(9, "older").encode_to_vec(), &mut batch);
+        assert!(matches!(again.result, Err(ApplyError::Duplicate)));
+        let mut follower = StateMachine::new(StateConfig::default());
+        follower
+            .restore(&h.state.snapshot(), &mut WriteBatch::new())
+            .expect("restores");
+        let again = follower.apply(h.index + 1, &put(10, "one").encode_to_vec(), &mut batch);
+        assert!(matches!(again.result, Err(ApplyError::Duplicate)));
+        // The proposer's next proposal applies.
+        let next = apply(&mut h, &put(11, "two"));
+        assert!(next.result.is_ok());
+        assert_eq!(h.get("k"), Some(b"two".to_vec()));
     }
 
     #[test]

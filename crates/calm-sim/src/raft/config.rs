@@ -56,9 +56,10 @@ pub struct KeyspaceSimConfig {
     /// What the network does to each message.
     pub faults: NetworkFaults,
     /// Whether the network may also duplicate a follower's forwarded
-    /// proposal (`MsgPropose`). Raft appends every copy it receives, so a
-    /// duplicate is applied twice; calm's peer transport is at-most-once,
-    /// so this is off unless a test shows what it would break.
+    /// proposal (`MsgPropose`). Raft appends every copy it receives; the
+    /// state machine skips copies (proposal numbers only grow per
+    /// proposer). calm's peer transport is at-most-once, so the default
+    /// sweep leaves this off and a test turns it on.
     pub duplicate_proposals: bool,
     /// The Raft tick, in ms of each node's own clock.
     pub tick_ms: u64,

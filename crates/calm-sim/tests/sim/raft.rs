@@ -304,20 +304,25 @@ fn lease_based_reads_turn_stale_when_a_frozen_leader_resumes() {
 }
 
 #[test]
-fn a_network_that_duplicates_forwarded_proposals_applies_writes_twice() {
-    // Why calm's peer transport must stay at-most-once: Raft does not
-    // deduplicate proposals, so a forwarded one delivered twice is appended
-    // and applied twice, a second revision nobody asked for.
-    let config = |seed| KeyspaceSimConfig {
-        duplicate_proposals: true,
-        faults: NetworkFaults {
-            duplication: 0.3,
-            ..KeyspaceSimConfig::new(seed).faults
-        },
-        ..KeyspaceSimConfig::new(seed)
-    };
-    let violation = caught(0..40, config, KeyspaceSim::check_writes_applied_once);
-    assert!(violation.is_some(), "a duplicated proposal is caught");
+fn a_network_that_duplicates_forwarded_proposals_still_applies_each_write_once() {
+    // Raft does not deduplicate proposals: a forwarded one delivered twice
+    // is appended twice. The state machine skips the copy (each proposer
+    // numbers its proposals upwards), so histories stay linearizable and
+    // no value is written twice.
+    let mut duplicated = 0;
+    for seed in 0..40 {
+        let config = KeyspaceSimConfig {
+            duplicate_proposals: true,
+            faults: NetworkFaults {
+                duplication: 0.3,
+                ..KeyspaceSimConfig::new(seed).faults
+            },
+            ..KeyspaceSimConfig::new(seed)
+        };
+        let sim = chaos(config).unwrap_or_else(|f| panic!("{f}"));
+        duplicated += sim.stats().messages_duplicated;
+    }
+    assert!(duplicated > 0, "the network duplicated messages");
 }
 
 fn add(total: &mut KeyspaceStats, stats: &KeyspaceStats) {
