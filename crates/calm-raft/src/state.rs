@@ -11,7 +11,7 @@
 //! the caller's batch, so after a crash the node reloads a state and an
 //! applied index that agree, and Raft replays the entries after it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use calm_proto::calm::raft::v1::{Command, command::Request};
 use calm_proto::etcd::etcdserverpb::DeleteRangeRequest;
@@ -33,9 +33,16 @@ use crate::mvcc::{Applied, Mvcc, MvccError};
 const STATE: Keyspace = Keyspace::new("raft_applied");
 const APPLIED_KEY: &[u8] = b"applied";
 const ALARMS_KEY: &[u8] = b"alarms";
-/// Each proposer's highest applied proposal number: proposer id (8 bytes,
-/// big-endian) → proposal number (8 bytes, big-endian).
+/// Each proposer's recently applied proposal numbers: proposer id (8
+/// bytes, big-endian) ++ proposal number (8 bytes, big-endian) → nothing.
 const PROPOSERS: Keyspace = Keyspace::new("raft_proposers");
+/// How many of a proposer's latest applied proposal numbers are kept. A
+/// copy of a proposal arrives within a few messages of the original, and
+/// proposals may commit slightly out of their numbering order (a forward
+/// overtaken by a later one): both stay well inside this window. A
+/// proposal older than the whole window is refused as a copy; its client
+/// has long given up on it.
+pub const PROPOSAL_WINDOW: usize = 4096;
 /// Proposers read per page when loading.
 const PROPOSERS_PAGE: usize = 1024;
 
@@ -188,12 +195,13 @@ pub struct StateMachine {
     lessor: Lessor,
     applied: u64,
     alarms: Vec<AlarmMember>,
-    /// Each proposer's highest applied proposal number. A node numbers its
-    /// proposals in the order it makes them, from its incarnation up, so
-    /// an entry at or below its proposer's mark is a copy of one already
-    /// applied (a duplicated or re-delivered `MsgPropose`; Raft itself does
-    /// not deduplicate) and is skipped: every proposal applies at most once.
-    proposers: BTreeMap<u64, u64>,
+    /// Each proposer's latest [`PROPOSAL_WINDOW`] applied proposal
+    /// numbers. A node numbers its proposals uniquely (from its
+    /// incarnation up), so an entry whose number is in the window is a copy
+    /// of one already applied (a duplicated or re-delivered `MsgPropose`;
+    /// Raft itself does not deduplicate) and is skipped, as is one older
+    /// than the whole window: every proposal applies at most once.
+    proposers: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,7 +210,7 @@ struct Snapshot {
     alarms: Vec<(u64, i32)>,
     mvcc: Vec<u8>,
     lessor: Vec<u8>,
-    proposers: Vec<(u64, u64)>,
+    proposers: Vec<(u64, Vec<u64>)>,
 }
 
 impl StateMachine {
@@ -261,21 +269,15 @@ impl StateMachine {
                 };
             }
         };
-        if command.proposal != 0 {
-            let mark = self.proposers.entry(command.proposer).or_default();
-            if command.proposal <= *mark {
-                // A copy of an applied proposal: its proposer was answered
-                // by the first one, so nobody waits for this.
-                return Outcome {
-                    proposer: 0,
-                    proposal: 0,
-                    result: Err(ApplyError::Duplicate),
-                    events: Vec::new(),
-                };
-            }
-            *mark = command.proposal;
-            let key = command.proposer.to_be_bytes();
-            batch.put(PROPOSERS, key, command.proposal.to_be_bytes());
+        if command.proposal != 0 && !self.first_application(&command, batch) {
+            // A copy of an applied proposal: its proposer was answered by
+            // the first one, so nobody waits for this.
+            return Outcome {
+                proposer: 0,
+                proposal: 0,
+                result: Err(ApplyError::Duplicate),
+                events: Vec::new(),
+            };
         }
         let (result, events) = match command.request {
             Some(request) => match self.execute(request, batch) {
@@ -290,6 +292,30 @@ impl StateMachine {
             result,
             events,
         }
+    }
+
+    /// Whether `command` is applied for the first time; if so, records it
+    /// in its proposer's window (and in `batch`).
+    fn first_application(&mut self, command: &Command, batch: &mut WriteBatch) -> bool {
+        let applied = self.proposers.entry(command.proposer).or_default();
+        let older_than_window = applied.len() >= PROPOSAL_WINDOW
+            && applied
+                .first()
+                .is_some_and(|&oldest| command.proposal < oldest);
+        if older_than_window || !applied.insert(command.proposal) {
+            return false;
+        }
+        batch.put(
+            PROPOSERS,
+            proposal_key(command.proposer, command.proposal),
+            [],
+        );
+        if applied.len() > PROPOSAL_WINDOW
+            && let Some(oldest) = applied.pop_first()
+        {
+            batch.delete(PROPOSERS, proposal_key(command.proposer, oldest));
+        }
+        true
     }
 
     /// Records that the entry at `index` (empty, or a configuration change
@@ -316,10 +342,16 @@ impl StateMachine {
             .collect();
         self.write_alarms(batch);
         batch.delete_range(PROPOSERS, KeyRange::prefix(&[]));
-        for &(proposer, proposal) in &snapshot.proposers {
-            batch.put(PROPOSERS, proposer.to_be_bytes(), proposal.to_be_bytes());
+        for (proposer, proposals) in &snapshot.proposers {
+            for &proposal in proposals {
+                batch.put(PROPOSERS, proposal_key(*proposer, proposal), []);
+            }
         }
-        self.proposers = snapshot.proposers.into_iter().collect();
+        self.proposers = snapshot
+            .proposers
+            .into_iter()
+            .map(|(proposer, proposals)| (proposer, proposals.into_iter().collect()))
+            .collect();
         self.set_applied(snapshot.applied, batch);
         Ok(())
     }
@@ -333,7 +365,11 @@ impl StateMachine {
             alarms: self.alarms.iter().map(|a| (a.member_id, a.alarm)).collect(),
             mvcc: self.mvcc.snapshot(),
             lessor: self.lessor.snapshot(),
-            proposers: self.proposers.iter().map(|(&k, &v)| (k, v)).collect(),
+            proposers: self
+                .proposers
+                .iter()
+                .map(|(&proposer, proposals)| (proposer, proposals.iter().copied().collect()))
+                .collect(),
         };
         // Serialising plain vectors and integers into memory cannot fail.
         postcard::to_stdvec(&snapshot).expect("a snapshot serialises")
@@ -662,16 +698,30 @@ fn decode_u64(bytes: &[u8]) -> Result<u64, StateError> {
     Ok(u64::from_be_bytes(array))
 }
 
-/// Every proposer's mark, written by earlier applies.
-fn load_proposers(view: &impl ReadView) -> Result<BTreeMap<u64, u64>, StateError> {
-    let mut proposers = BTreeMap::new();
+/// The key of one applied proposal in [`PROPOSERS`].
+fn proposal_key(proposer: u64, proposal: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&proposer.to_be_bytes());
+    key[8..].copy_from_slice(&proposal.to_be_bytes());
+    key
+}
+
+/// Every proposer's window, written by earlier applies.
+fn load_proposers(view: &impl ReadView) -> Result<BTreeMap<u64, BTreeSet<u64>>, StateError> {
+    let mut proposers: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     let mut start = Vec::new();
     loop {
         let range = KeyRange::starting_at(start);
         let page = view.scan(PROPOSERS, &range, Order::Ascending, PROPOSERS_PAGE)?;
-        for (key, value) in &page {
-            let proposer = decode_u64(key)?;
-            proposers.insert(proposer, decode_u64(value)?);
+        for (key, _) in &page {
+            let (proposer, proposal) = key
+                .split_at_checked(8)
+                .ok_or_else(|| StateError::Corrupt("a proposal key is not 16 bytes".to_string()))?;
+            let proposal = decode_u64(proposal)?;
+            proposers
+                .entry(decode_u64(proposer)?)
+                .or_default()
+                .insert(proposal);
         }
         match page.last() {
             // The next page starts just after the last key read.
@@ -940,7 +990,7 @@ mod tests {
         // A reloaded node and a follower restoring a snapshot skip it too.
         let mut reloaded = h.reloaded();
         let mut batch = WriteBatch::new();
-        let again = reloaded.apply(h.index + 1, &put(9, "older").encode_to_vec(), &mut batch);
+        let again = reloaded.apply(h.index + 1, &put(10, "one").encode_to_vec(), &mut batch);
         assert!(matches!(again.result, Err(ApplyError::Duplicate)));
         let mut follower = StateMachine::new(StateConfig::default());
         follower
@@ -948,10 +998,52 @@ mod tests {
             .expect("restores");
         let again = follower.apply(h.index + 1, &put(10, "one").encode_to_vec(), &mut batch);
         assert!(matches!(again.result, Err(ApplyError::Duplicate)));
-        // The proposer's next proposal applies.
-        let next = apply(&mut h, &put(11, "two"));
-        assert!(next.result.is_ok());
+        // Later proposals apply, even overtaken by one numbered after
+        // them (a forward that arrived late): numbers are unique, not
+        // ordered by arrival.
+        assert!(apply(&mut h, &put(12, "three")).result.is_ok());
+        assert!(apply(&mut h, &put(11, "two")).result.is_ok());
         assert_eq!(h.get("k"), Some(b"two".to_vec()));
+        assert!(matches!(
+            apply(&mut h, &put(12, "three")).result,
+            Err(ApplyError::Duplicate)
+        ));
+    }
+
+    #[test]
+    fn a_proposer_window_forgets_its_oldest_numbers_and_refuses_older_ones() {
+        let mut h = Harness::new(StateConfig::default());
+        let window = PROPOSAL_WINDOW as u64;
+        for proposal in 1..=window + 1 {
+            let command = Command {
+                proposal,
+                proposer: 3,
+                request: Some(Request::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    ..PutRequest::default()
+                })),
+            };
+            let mut batch = WriteBatch::new();
+            let outcome = h
+                .state
+                .apply(proposal, &command.encode_to_vec(), &mut batch);
+            assert!(outcome.result.is_ok(), "{proposal}");
+            h.engine.write(&batch).expect("the batch is within limits");
+        }
+        let applied = &h.state.proposers[&3];
+        assert_eq!(applied.len(), PROPOSAL_WINDOW, "bounded");
+        assert_eq!(applied.first(), Some(&2), "the oldest went");
+        assert_eq!(h.reloaded().proposers, h.state.proposers, "and on disk");
+        // Proposal 1, older than the window, counts as a copy.
+        let command = Command {
+            proposal: 1,
+            proposer: 3,
+            request: Some(Request::Put(PutRequest::default())),
+        };
+        let outcome = h
+            .state
+            .apply(window + 2, &command.encode_to_vec(), &mut WriteBatch::new());
+        assert!(matches!(outcome.result, Err(ApplyError::Duplicate)));
     }
 
     #[test]
