@@ -56,6 +56,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// The `one`/`quorum`/`all` levels: key-value objects and the coordinator:
+pub mod coordinator;
+pub mod kv;
+
 // Merkle trees and the anti-entropy exchange:
 mod anti_entropy;
 mod merkle;
