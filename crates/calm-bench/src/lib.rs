@@ -11,6 +11,7 @@
 //!     --clients 16 --duration 20s --warmup 5s
 //! calm bench --endpoints ... --workload counter-get --rate 2000 -w json
 //! calm bench --endpoints ... --workload etcd-range --consistency s --clients 64
+//! calm bench usl --endpoints ... --workload counter-incr --clients 1,2,4,8,16,32 --svg usl.svg
 //! ```
 //!
 //! The `etcd-*` workloads speak etcd's v3 API, so the same command loads
@@ -86,8 +87,10 @@ mod driver;
 mod error;
 mod etcd;
 mod keys;
+mod plot;
 mod progress;
 mod report;
+mod usl;
 mod workload;
 
 use std::process::ExitCode;
@@ -110,9 +113,14 @@ pub use etcd::{
     revision_after, txn_request, watch_create_request, watch_id, watch_value,
 };
 pub use keys::{KEYS_MAX, KeyDistribution, ZIPF_THETA_MAX, Zipf};
+pub use plot::render_svg;
 pub use progress::progress_bar;
 pub use report::{
     ErrorCount, Labels, LatencySummary, Report, format_latency, render_json, render_table,
+};
+pub use usl::{
+    FORMATION_TIMEOUT, FitError, MODEL, POINTS_MAX, POINTS_MIN, Point, STEPS_MAX, UslArgs, UslFit,
+    UslReport, UslStep, fit, points, render_usl_table, run_usl, usl_node_sweep, usl_sweep,
 };
 pub use workload::{
     CounterOperation, CounterWorkload, Done, OpError, Pool, Workload, WorkloadName, key_name,

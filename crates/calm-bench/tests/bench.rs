@@ -22,6 +22,9 @@ use tonic::{Request, Response, Status};
 // The etcd workloads' tests, in this one test binary.
 #[path = "bench/etcd.rs"]
 mod etcd;
+// `calm bench usl` against a server that scales as a known USL curve.
+#[path = "bench/usl.rs"]
+mod usl;
 
 /// A fake node's Counter service. A std mutex, not a tokio one: nothing
 /// awaits while it is held.

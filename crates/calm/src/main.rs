@@ -36,7 +36,24 @@ enum Command {
     #[command(flatten)]
     Client(cli::ClientCommand),
     // Its help, long and short, is `BenchArgs`' own documentation.
-    Bench(calm_bench::BenchArgs),
+    Bench(BenchCommand),
+}
+
+// `calm bench --workload ...` runs one bench; `calm bench usl ...` a sweep
+// with a scalability fit. No doc comment: the help stays `BenchArgs`'.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BenchCommand {
+    #[command(subcommand)]
+    mode: Option<BenchMode>,
+    #[command(flatten)]
+    args: Option<calm_bench::BenchArgs>,
+}
+
+/// `calm bench`'s modes besides the single run.
+#[derive(Debug, clap::Subcommand)]
+enum BenchMode {
+    Usl(calm_bench::UslArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,7 +62,7 @@ fn main() -> ExitCode {
         Command::Node(command) => node::run(command),
         Command::Dev(command) => dev::run(command),
         Command::Client(command) => cli::run(&global, command),
-        Command::Bench(args) => {
+        Command::Bench(BenchCommand { mode, args }) => {
             let target = calm_bench::Target {
                 endpoints: global.endpoints,
                 level: global.level.into(),
@@ -55,7 +72,15 @@ fn main() -> ExitCode {
                 cli::Format::Table => calm_bench::Format::Table,
                 cli::Format::Json => calm_bench::Format::Json,
             };
-            calm_bench::run(args, target, format)
+            match (mode, args) {
+                (Some(BenchMode::Usl(args)), _) => calm_bench::run_usl(args, target, format),
+                (None, Some(args)) => calm_bench::run(args, target, format),
+                // clap requires `--workload` when no mode is named.
+                (None, None) => {
+                    eprintln!("Error: calm bench needs --workload, or a mode such as `usl`");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
@@ -224,5 +249,65 @@ mod tests {
         assert_eq!(refused(&["node", "--help"]), ErrorKind::DisplayHelp);
         assert_eq!(refused(&["dev", "--help"]), ErrorKind::DisplayHelp);
         assert_eq!(refused(&["frobnicate"]), ErrorKind::InvalidSubcommand);
+    }
+
+    #[test]
+    fn bench_runs_once_or_sweeps_with_usl() {
+        let cli = parsed(&["bench", "--workload", "counter-get", "--clients", "8"]);
+        let Command::Bench(BenchCommand {
+            mode: None,
+            args: Some(args),
+        }) = cli.command
+        else {
+            panic!("expected a single bench, got {:?}", cli.command);
+        };
+        assert_eq!(args.clients, 8);
+        let cli = parsed(&[
+            "bench",
+            "usl",
+            "--workload",
+            "counter-incr",
+            "--clients",
+            "1,2,4",
+            "--svg",
+            "x.svg",
+            "-w",
+            "json",
+        ]);
+        let Command::Bench(BenchCommand {
+            mode: Some(BenchMode::Usl(usl)),
+            ..
+        }) = cli.command
+        else {
+            panic!("expected a sweep, got {:?}", cli.command);
+        };
+        assert_eq!(usl.clients, [1, 2, 4]);
+        assert_eq!(usl.svg.as_deref(), Some(std::path::Path::new("x.svg")));
+        assert_eq!(cli.global.write_out, Format::Json);
+        assert_eq!(usl.duration, Duration::from_secs(10));
+        let cli = parsed(&[
+            "bench",
+            "usl",
+            "--workload",
+            "counter-incr",
+            "--nodes",
+            "1,3,5",
+            "--clients",
+            "16",
+        ]);
+        let Command::Bench(BenchCommand {
+            mode: Some(BenchMode::Usl(usl)),
+            ..
+        }) = cli.command
+        else {
+            panic!("expected a node-count sweep, got {:?}", cli.command);
+        };
+        assert_eq!((usl.nodes, usl.clients), (vec![1, 3, 5], vec![16]));
+        // A single run still needs its workload.
+        assert_eq!(refused(&["bench"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            refused(&["bench", "usl", "--clients", "1,2"]),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 }
