@@ -22,6 +22,11 @@ type RawEntry<'a> = (
     redb::AccessGuard<'a, &'static [u8]>,
 );
 
+/// redb's page cache. Its default (1 GiB) filled with the pages every commit writes, though
+/// the protocol cores keep what they read in memory and read the store back only on open; the
+/// operating system's page cache still holds the file for the reads that remain.
+const CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 fn table(keyspace: Keyspace) -> Table {
     TableDefinition::new(keyspace.name())
 }
@@ -95,9 +100,12 @@ impl DiskEngine {
     /// the last durable commit and repairs its allocator state here.
     pub fn open(path: impl AsRef<Path>, limits: Limits) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        let db = redb::Database::create(&path).map_err(|error| StorageError::OpenFailed {
-            reason: error.to_string(),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| StorageError::OpenFailed {
+                reason: error.to_string(),
+            })?;
         Ok(Self {
             db,
             path,
@@ -123,47 +131,38 @@ impl DiskEngine {
     fn commit_batch(&self, batch: &WriteBatch) -> Result<(), redb::Error> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
-        {
-            // Keep one table open across consecutive operations on the same keyspace, since
-            // opening one is a lookup in redb's table tree. Replacing the handle drops the
-            // previous one, which names another table, so no table is ever open twice.
-            let mut open: Option<(Keyspace, WriteTable<'_>)> = None;
-            for op in batch.ops() {
-                if open.as_ref().map(|(keyspace, _)| *keyspace) != Some(op.keyspace()) {
-                    open = Some((op.keyspace(), txn.open_table(table(op.keyspace()))?));
-                }
-                // The branch above just filled `open`.
-                let (_, table) = open.as_mut().expect("a table is open for this keyspace");
-                apply(table, op)?;
-            }
-        }
+        apply_batches(&txn, std::slice::from_ref(batch))?;
         txn.commit()?;
         Ok(())
     }
 
-    /// The leader's durable commit: an empty transaction with `Durability::Immediate`
-    /// flushes every earlier non-durable commit with one fsync. Returns how many batches it
-    /// made durable.
-    fn commit_durable(&self) -> Result<u64, redb::Error> {
+    /// The leader's durable commit: a transaction with `Durability::Immediate` holding
+    /// `batches` (none for a plain sync) flushes them and every earlier non-durable commit
+    /// with one fsync. Returns how many written batches it made durable; `batches` are not
+    /// among them: they are the caller's, whose call returns only once they are durable, and
+    /// no other syncer waits for them.
+    fn commit_durable(&self, batches: &[WriteBatch]) -> Result<u64, redb::Error> {
         let mut txn = self.db.begin_write()?;
         // Counted while this transaction holds redb's single writer slot: no batch can commit
         // until it ends, so every batch counted is in the state it makes durable. Counting here
         // rather than on entering `sync` also covers the batches that committed while the
         // leader waited for the slot, which is where much of the grouping comes from.
         let covered = self.lock().written_seq;
+        apply_batches(&txn, batches)?;
         txn.set_durability(Durability::Immediate)?;
         txn.commit()?;
         Ok(covered)
     }
 
-    /// Runs one durable commit as the leader; the guard publishes the outcome to followers.
-    fn lead(&self) -> Result<(), StorageError> {
+    /// Runs one durable commit of `batches` as the leader; the guard publishes the outcome to
+    /// followers.
+    fn lead(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
         let mut guard = LeaderGuard {
             engine: self,
             covered: None,
         };
         let covered = self
-            .commit_durable()
+            .commit_durable(batches)
             .map_err(|error| StorageError::SyncFailed {
                 reason: error.to_string(),
             })?;
@@ -194,6 +193,30 @@ impl Drop for LeaderGuard<'_> {
         drop(state);
         self.engine.leader_done.notify_all();
     }
+}
+
+/// Applies the operations of `batches`, in order, inside `txn`.
+///
+/// Every table stays open until the end: opening one is a lookup in redb's table tree and
+/// closing it writes its root back, and batches alternate between keyspaces (an applied
+/// entry's record, then the applied index), which reopened a table for nearly every operation.
+/// redb allows several different tables open in one transaction; each is opened once here.
+fn apply_batches(txn: &redb::WriteTransaction, batches: &[WriteBatch]) -> Result<(), redb::Error> {
+    let mut open: Vec<(Keyspace, WriteTable<'_>)> = Vec::new();
+    for op in batches.iter().flat_map(WriteBatch::ops) {
+        let at = match open
+            .iter()
+            .position(|(keyspace, _)| *keyspace == op.keyspace())
+        {
+            Some(at) => at,
+            None => {
+                open.push((op.keyspace(), txn.open_table(table(op.keyspace()))?));
+                open.len() - 1
+            }
+        };
+        apply(&mut open[at].1, op)?;
+    }
+    Ok(())
 }
 
 fn apply(table: &mut WriteTable<'_>, op: &Op) -> Result<(), redb::Error> {
@@ -314,10 +337,41 @@ impl Storage for DiskEngine {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
+        self.sync_with(&[])
+    }
+
+    /// One redb transaction instead of one per batch plus the sync's: each commit copies the
+    /// B-tree pages it touches and writes the table roots again, so a driver writing Raft's
+    /// log, the applied state and the sync together pays that once.
+    fn write_synced(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+        for batch in batches {
+            self.limits.check_batch(batch)?;
+        }
+        self.sync_with(batches)
+    }
+
+    fn snapshot(&self) -> Result<DiskSnapshot, StorageError> {
+        Ok(DiskSnapshot {
+            limits: self.limits,
+            txn: self.db.begin_read().map_err(read_failed)?,
+        })
+    }
+
+    fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+}
+
+impl DiskEngine {
+    /// Returns once every batch written before the call is durable, leading a durable commit
+    /// when none covers them yet; `batches`, when any holds operations, always go into a
+    /// durable commit of this call's own.
+    fn sync_with(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+        let own = batches.iter().any(|batch| !batch.is_empty());
         let mut state = self.lock();
         let target = state.written_seq;
         loop {
-            if state.durable_seq >= target {
+            if !own && state.durable_seq >= target {
                 return Ok(());
             }
             if state.poisoned {
@@ -333,18 +387,7 @@ impl Storage for DiskEngine {
         }
         state.leader_active = true;
         drop(state);
-        self.lead()
-    }
-
-    fn snapshot(&self) -> Result<DiskSnapshot, StorageError> {
-        Ok(DiskSnapshot {
-            limits: self.limits,
-            txn: self.db.begin_read().map_err(read_failed)?,
-        })
-    }
-
-    fn fsync_count(&self) -> u64 {
-        self.fsyncs.load(Ordering::Relaxed)
+        self.lead(batches)
     }
 }
 
@@ -362,5 +405,63 @@ impl ReadView for DiskSnapshot {
     ) -> Result<Vec<Entry>, StorageError> {
         self.limits.check_scan_limit(limit)?;
         scan_in(&self.txn, keyspace, range, order, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: Keyspace = Keyspace::new("log");
+    const STATE: Keyspace = Keyspace::new("state");
+
+    fn batch(keyspace: Keyspace, key: &str, value: &str) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        batch.put(keyspace, key, value);
+        batch
+    }
+
+    #[test]
+    fn batches_written_synced_apply_in_order_with_one_fsync_covering_earlier_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = DiskEngine::open(dir.path().join("db"), Limits::default()).expect("open");
+        engine
+            .write(&batch(STATE, "applied", "1"))
+            .expect("unsynced write");
+        let fsyncs = engine.fsync_count();
+
+        let batches = [batch(STATE, "applied", "2"), batch(LOG, "entry", "3")];
+        engine.write_synced(&batches).expect("write synced");
+
+        assert_eq!(engine.fsync_count(), fsyncs + 1);
+        assert_eq!(
+            engine.get(STATE, b"applied").expect("get"),
+            Some(b"2".to_vec()),
+            "the later batch wins"
+        );
+        assert_eq!(engine.get(LOG, b"entry").expect("get"), Some(b"3".to_vec()));
+        engine.sync().expect("sync");
+        assert_eq!(
+            engine.fsync_count(),
+            fsyncs + 1,
+            "the earlier unsynced write was covered by the same fsync"
+        );
+    }
+
+    #[test]
+    fn an_oversized_batch_fails_the_call_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            batch_ops_max: 1,
+            ..Limits::default()
+        };
+        let engine = DiskEngine::open(dir.path().join("db"), limits).expect("open");
+        let mut oversized = batch(LOG, "a", "1");
+        oversized.put(LOG, "b", "2");
+        let result = engine.write_synced(&[batch(STATE, "applied", "1"), oversized]);
+
+        assert!(matches!(result, Err(StorageError::BatchTooManyOps { .. })));
+        assert_eq!(engine.get(STATE, b"applied").expect("get"), None);
+        assert_eq!(engine.fsync_count(), 0);
     }
 }

@@ -62,6 +62,23 @@ pub trait Storage: ReadView + Send + Sync {
     /// if they already are.
     fn sync(&self) -> Result<(), StorageError>;
 
+    /// Writes `batches` in order, then makes them and every batch written before this call
+    /// durable: [`write`](Storage::write) of each followed by one [`sync`](Storage::sync),
+    /// which is what this default does. An engine may do it in fewer commits: a driver that
+    /// would write several batches and sync at once saves a commit per batch that way.
+    ///
+    /// Every batch is checked against [`Limits`] first; an oversized one fails the call with
+    /// a typed error before anything is written.
+    fn write_synced(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+        for batch in batches {
+            self.limits().check_batch(batch)?;
+        }
+        for batch in batches {
+            self.write(batch)?;
+        }
+        self.sync()
+    }
+
     /// A consistent view of the current state (synced or not).
     fn snapshot(&self) -> Result<Self::Snapshot, StorageError>;
 
