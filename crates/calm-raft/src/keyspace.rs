@@ -30,6 +30,12 @@ use crate::watch::{WatchBatch, WatchConfig, WatchError, WatchHub, WatchId, Watch
 /// whose semantics calm implements.
 pub const ETCD_VERSION: &str = "3.5.0";
 
+/// The most applied entries between two trims of the log. Without a
+/// snapshot to build, a trim only deletes entries, one storage operation
+/// each: a hundred thousand at once held the loop for a second, a thousand
+/// cost little, and the log in memory stays short.
+pub const TRIM_STEP_ENTRIES: u64 = 1024;
+
 /// About how many storage operations one batch of applied entries holds
 /// before the next entry starts a new one.
 pub const APPLY_BATCH_OPS: usize = 4096;
@@ -50,7 +56,9 @@ pub struct KeyspaceConfig {
     /// The length of an election timeout in ms, by which a new leader
     /// extends every lease.
     pub election_timeout_ms: u64,
-    /// Applied entries between snapshots (and log compactions).
+    /// Most applied entries between two compactions of the log (which
+    /// trims it in steps of at most [`TRIM_STEP_ENTRIES`]); a snapshot of
+    /// the state is built only when a follower needs one.
     pub snapshot_count: u64,
     /// The state machine's bounds.
     pub state: StateConfig,
@@ -183,7 +191,7 @@ pub enum Output {
 /// follower forwards to the leader.
 #[derive(Debug, Serialize, Deserialize)]
 enum Wire {
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "crate::bytes")] Vec<u8>),
     Ask {
         id: u64,
         question: LeaseQuestion,
@@ -927,19 +935,30 @@ impl Keyspace {
         }
     }
 
-    /// Snapshots the state and compacts the log every `snapshot_count`
-    /// applied entries, or when a lagging follower needs a snapshot the
-    /// core does not hold (after a restart it holds none).
+    /// Compacts the log every `snapshot_count` applied entries (or every
+    /// [`TRIM_STEP_ENTRIES`], if fewer), and snapshots the state when a
+    /// lagging follower needs a snapshot the core does not hold (after a
+    /// restart or a compaction it holds none). The snapshot is built only
+    /// then: serialising the whole state at every compaction point stalled
+    /// the loop for seconds on a large keyspace, and held a second copy of
+    /// it in memory.
     fn maybe_compact(&mut self, batch: &mut WriteBatch, wanted: bool) {
         let applied = self.state.applied();
-        if wanted || applied >= self.last_snapshot + self.config.snapshot_count {
-            if let Err(error) = self.raft.compact(applied, self.state.snapshot(), batch) {
-                // Compaction only trims the log; a failed one leaves it
-                // whole and is retried at the next snapshot point.
-                self.outputs.push_back(Output::Trouble(error.to_string()));
-            }
-            self.last_snapshot = applied;
+        let step = self.config.snapshot_count.min(TRIM_STEP_ENTRIES);
+        let due = applied >= self.last_snapshot + step;
+        if !wanted && !due {
+            return;
         }
+        let compacted = match wanted {
+            true => self.raft.compact(applied, self.state.snapshot(), batch),
+            false => self.raft.trim(applied, batch),
+        };
+        if let Err(error) = compacted {
+            // Compaction only trims the log; a failed one leaves it
+            // whole and is retried at the next compaction point.
+            self.outputs.push_back(Output::Trouble(error.to_string()));
+        }
+        self.last_snapshot = applied;
     }
 
     fn send_raft(&mut self, message: OutboundMessage) {

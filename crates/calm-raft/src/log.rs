@@ -22,9 +22,11 @@
 //!
 //! The state machine's snapshot blob (what a lagging follower receives) is held in memory only:
 //! the state machine's own keyspaces already hold that state durably, so writing it a second time
-//! would double the write volume. After a restart the log has no blob until the driver calls
-//! [`RaftLog::compact`] again; a follower that needs one meanwhile makes raft-rs ask, the log
-//! answers `SnapshotTemporarilyUnavailable` and raises [`RaftLog::take_snapshot_wanted`].
+//! would double the write volume. It is built only when wanted: the driver trims the log at its
+//! periodic compaction points without one ([`RaftLog::trim`]), and after a restart the log has
+//! no blob either; a follower that needs one makes raft-rs ask, the log answers
+//! `SnapshotTemporarilyUnavailable` and raises [`RaftLog::take_snapshot_wanted`], and the driver
+//! then hands it one ([`RaftLog::compact`]).
 
 use std::cell::Cell;
 
@@ -243,8 +245,21 @@ enum StoredEntryKind {
 struct StoredEntry {
     term: u64,
     kind: StoredEntryKind,
+    #[serde(with = "crate::bytes")]
     data: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     context: Vec<u8>,
+}
+
+/// A borrowed [`StoredEntry`], to encode without copying the entry's data.
+#[derive(Serialize)]
+struct StoredEntryRef<'a> {
+    term: u64,
+    kind: StoredEntryKind,
+    #[serde(serialize_with = "crate::bytes::serialize")]
+    data: &'a [u8],
+    #[serde(serialize_with = "crate::bytes::serialize")]
+    context: &'a [u8],
 }
 
 /// The durable Raft log (raft-rs's `Storage`).
@@ -598,6 +613,40 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Drops the entries up to `index - keep_entries` as [`compact`](Self::compact) does, but
+    /// without a new snapshot: a held snapshot older than the new compaction point is dropped
+    /// too (a follower restored from it could not continue from the log), so the next follower
+    /// that needs one raises [`take_snapshot_wanted`](Self::take_snapshot_wanted).
+    ///
+    /// This keeps the periodic compaction cheap: serialising the whole state every
+    /// `snapshot_count` entries stalled a loaded node for seconds, for a blob that is seldom
+    /// sent. `index` is bounded as for `compact`.
+    pub fn trim(
+        &mut self,
+        index: u64,
+        applied_max: u64,
+        keep_entries: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<(), LogError> {
+        if index > applied_max || self.term_at(index).is_none() {
+            return Err(LogError::OutOfRange {
+                index,
+                first: self.compaction.index,
+                last: applied_max.min(self.last_index()),
+            });
+        }
+        self.drop_entries_through(index.saturating_sub(keep_entries), batch);
+        let compacted = self.compaction.index;
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|snapshot| snapshot.get_metadata().index < compacted)
+        {
+            self.snapshot = None;
+        }
+        Ok(())
+    }
+
     /// Moves the compaction point to `through` (if that is forward), dropping entries and
     /// membership records that are no longer needed.
     fn drop_entries_through(&mut self, through: u64, batch: &mut WriteBatch) {
@@ -713,11 +762,11 @@ fn encode_entry(entry: &Entry) -> Vec<u8> {
         EntryType::EntryConfChange => StoredEntryKind::ConfChange,
         EntryType::EntryConfChangeV2 => StoredEntryKind::ConfChangeV2,
     };
-    codec::encode(&StoredEntry {
+    codec::encode(&StoredEntryRef {
         term: entry.term,
         kind,
-        data: entry.data.to_vec(),
-        context: entry.context.to_vec(),
+        data: &entry.data,
+        context: &entry.context,
     })
 }
 
@@ -980,6 +1029,52 @@ mod tests {
             Membership::from_conf_state(&state.conf_state),
             voters(&[1, 2, 3])
         );
+    }
+
+    #[test]
+    fn trimming_drops_old_entries_and_a_snapshot_too_old_to_continue_from() {
+        let engine = MemoryEngine::new(Limits::default());
+        let mut log = bootstrapped(&engine);
+        let appended: Vec<Entry> = (2..=20).map(|i| entry(i, 2, &[0; 10])).collect();
+        persist(&engine, &mut log, |l, b| l.append(&appended, b)).expect("append");
+        persist(&engine, &mut log, |l, b| {
+            l.set_hard_state(&hard_state(2, 0, 20), b)
+        });
+        persist(&engine, &mut log, |l, b| {
+            l.compact(5, 20, b"state at 5".to_vec(), 2, b)
+        })
+        .expect("compact");
+        assert_eq!(log.snapshot(0, 2).expect("served").get_metadata().index, 5);
+
+        persist(&engine, &mut log, |l, b| l.trim(6, 20, 2, b)).expect("trim");
+        assert_eq!(RaftLog::first_index(&log), 5, "entries through 4 are gone");
+        assert_eq!(
+            log.snapshot(0, 2)
+                .expect("still served")
+                .get_metadata()
+                .index,
+            5,
+            "a snapshot at or past the compaction point still brings a follower to the log"
+        );
+
+        persist(&engine, &mut log, |l, b| l.trim(20, 20, 2, b)).expect("trim");
+        assert_eq!(RaftLog::first_index(&log), 19);
+        assert_eq!(
+            log.snapshot(0, 2),
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            )),
+            "a follower restored from the old snapshot could not continue from the log"
+        );
+        assert!(log.take_snapshot_wanted(), "so a new one is asked for");
+        assert!(matches!(
+            persist(&engine, &mut log, |l, b| l.trim(21, 20, 2, b)),
+            Err(LogError::OutOfRange { .. })
+        ));
+
+        let reloaded = RaftLog::load(&engine).expect("load");
+        assert_eq!(RaftLog::first_index(&reloaded), 19, "the trim is durable");
+        assert_eq!(RaftLog::last_index(&reloaded), 20);
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub(crate) enum Change {
     /// mod revision (the record's own revision).
     Put {
         /// The new value.
+        #[serde(with = "crate::bytes")]
         value: Vec<u8>,
         /// The attached lease, 0 for none.
         lease: i64,

@@ -168,6 +168,11 @@ impl RaftConfig {
         if self.election_tick > usize::MAX / 2 {
             return invalid("election_tick is too large");
         }
+        // raft-rs checks this against the half of the bound it is given; a whole append must
+        // fit, batched proposals included.
+        if self.uncommitted_bytes_max < self.append_bytes_max {
+            return invalid("uncommitted_bytes_max must be at least append_bytes_max");
+        }
         self.to_raft(0)
             .validate()
             .map_err(|e| RaftError::InvalidConfig(e.to_string()))
@@ -179,8 +184,11 @@ impl RaftConfig {
             election_tick: self.election_tick,
             heartbeat_tick: self.heartbeat_tick,
             applied,
-            max_size_per_msg: self.append_bytes_max,
+            // Half the bound for raft-rs's own appends, the other half for the proposals it
+            // batches into them (see `RaftCore::propose`).
+            max_size_per_msg: self.append_bytes_max / 2,
             max_inflight_msgs: self.inflight_appends_max,
+            batch_append: true,
             check_quorum: true,
             pre_vote: true,
             min_election_tick: self.election_tick,
@@ -440,6 +448,13 @@ pub struct RaftCore {
     reported: (u64, StateRole),
     jitter: ElectionJitter,
     failed: bool,
+    /// Entry bytes proposed since the last `ready` that raft-rs was allowed to batch into the
+    /// append messages already waiting (see [`propose`](Self::propose)).
+    batched_bytes: u64,
+    /// A follower's proposals since the last `ready`, forwarded to the leader together then.
+    forwarding: Vec<Entry>,
+    /// Their data bytes.
+    forwarding_bytes: u64,
 }
 
 impl std::fmt::Debug for RaftCore {
@@ -521,6 +536,9 @@ impl RaftCore {
             node,
             config,
             failed: false,
+            batched_bytes: 0,
+            forwarding: Vec::new(),
+            forwarding_bytes: 0,
         };
         core.after_input();
         Ok(core)
@@ -574,6 +592,10 @@ impl RaftCore {
                 pending_reads_max: self.config.pending_reads_max,
             });
         }
+        if message.get_msg_type() == MessageType::MsgPropose {
+            let bytes = message.entries.iter().map(|e| e.data.len() as u64).sum();
+            self.batch_if_room(bytes);
+        }
         let result = self.node.step(message);
         self.after_input();
         match result {
@@ -602,9 +624,46 @@ impl RaftCore {
                 bytes_max: self.config.entry_bytes_max,
             });
         }
+        let bytes = data.len() as u64;
+        let raft = &self.node.raft;
+        if raft.state == StateRole::Follower && raft.leader_id != raft::INVALID_ID {
+            // raft-rs forwards each proposal as a message of its own; held until the next
+            // `ready`, a turn's proposals reach the leader as one message (cut at half an
+            // append, which the leader may batch whole into its own appends).
+            if self.forwarding_bytes + bytes > self.config.append_bytes_max / 2 {
+                self.forward();
+            }
+            self.forwarding.push(Entry {
+                data: data.into(),
+                ..Entry::default()
+            });
+            self.forwarding_bytes += bytes;
+            return Ok(());
+        }
+        self.batch_if_room(bytes);
         let result = self.node.propose(Vec::new(), data);
         self.after_input();
         result.map_err(|e| self.proposal_error(e))
+    }
+
+    /// Hands raft-rs the held proposals as one proposal message, which a follower forwards to
+    /// its leader whole. Should the follower have lost its leader since they were accepted,
+    /// raft-rs drops them, as it drops any proposal it cannot forward, and the driver times
+    /// them out.
+    fn forward(&mut self) {
+        if self.forwarding.is_empty() {
+            return;
+        }
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgPropose);
+        message.from = self.config.id;
+        message.set_entries(std::mem::take(&mut self.forwarding).into());
+        // Elected since, this node appends them itself, within the batching budget.
+        self.batch_if_room(self.forwarding_bytes);
+        self.forwarding_bytes = 0;
+        // Dropped proposals are the only error a proposal can meet; see above.
+        let _ = self.node.raft.step(message);
+        self.after_input();
     }
 
     /// Proposes a membership change. One change is applied directly; several are applied
@@ -691,6 +750,18 @@ impl RaftCore {
         self.after_input();
     }
 
+    /// Compacts the log up to `index - compaction_keep_entries` without a snapshot (see
+    /// [`RaftLog::trim`](crate::log::RaftLog::trim)): a follower that later needs one makes
+    /// [`Output::snapshot_wanted`] ask for it. The state machine's state at `index` must be
+    /// written (in a batch written before `batch`, or in `batch`).
+    pub fn trim(&mut self, index: u64, batch: &mut WriteBatch) -> Result<(), RaftError> {
+        self.check_usable()?;
+        let applied = self.node.raft.raft_log.applied;
+        let keep = self.config.compaction_keep_entries;
+        self.node.mut_store().trim(index, applied, keep, batch)?;
+        Ok(())
+    }
+
     /// Hands the core the state machine's snapshot `snapshot_data`, taken at applied index
     /// `index`: it is kept for followers too far behind to catch up from the log, and the log
     /// is compacted up to `index - compaction_keep_entries`. The state machine's state at
@@ -713,7 +784,8 @@ impl RaftCore {
     /// Whether [`ready`](Self::ready) has anything to hand out.
     pub fn has_ready(&self) -> bool {
         !self.failed
-            && (self.node.has_ready()
+            && (!self.forwarding.is_empty()
+                || self.node.has_ready()
                 || self.leadership_changed()
                 || self.node.store().is_snapshot_wanted())
     }
@@ -723,6 +795,9 @@ impl RaftCore {
     /// core refuses further calls ([`RaftError::Failed`]) and must be reopened from storage.
     pub fn ready(&mut self, batch: &mut WriteBatch) -> Result<Output, RaftError> {
         self.check_usable()?;
+        self.forward();
+        // The waiting messages leave with this output: batching starts afresh.
+        self.batched_bytes = 0;
         let mut out = Output::default();
         if self.node.has_ready()
             && let Err(e) = self.process_ready(batch, &mut out)
@@ -912,6 +987,22 @@ impl RaftCore {
             return Err("a proposal above the entry bound");
         }
         Ok(())
+    }
+
+    /// Lets raft-rs batch the next proposal of `bytes` (local or forwarded) if there is room.
+    ///
+    /// With batching, raft-rs adds a proposal's entry to the append message already waiting
+    /// for each follower instead of sending one message per proposal: one message, one
+    /// follower write and one response per turn rather than per request. It adds without a
+    /// bound, so batching stops once this turn's proposals fill half an append (raft-rs's own
+    /// appends fill at most the other half), keeping every message within `append_bytes_max`
+    /// (plus one entry, as raft-rs's own bound is soft).
+    fn batch_if_room(&mut self, bytes: u64) {
+        let batch = self.batched_bytes + bytes <= self.config.append_bytes_max / 2;
+        self.node.raft.set_batch_append(batch);
+        if batch {
+            self.batched_bytes += bytes;
+        }
     }
 
     /// Runs after every input: replaces raft-rs's election timeout, drawn from the thread's
@@ -1760,6 +1851,115 @@ mod tests {
             expected.sort();
             got.sort();
             assert_eq!(got, expected, "every proposal committed exactly once");
+        }
+    }
+
+    /// The append messages in `out` to each recipient, as (recipient, entry bytes of each).
+    fn appends(out: &Output) -> BTreeMap<u64, Vec<u64>> {
+        let mut appends: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for outbound in &out.messages_now {
+            let message = Message::parse_from_bytes(&outbound.bytes).expect("a message");
+            if message.get_msg_type() == MessageType::MsgAppend {
+                let bytes = message.entries.iter().map(|e| e.data.len() as u64).sum();
+                appends.entry(outbound.to).or_default().push(bytes);
+            }
+        }
+        appends
+    }
+
+    #[test]
+    fn proposals_between_two_readies_leave_as_one_append_per_follower() {
+        let mut cluster = Cluster::new(3, 5);
+        let leader = cluster.elect();
+        cluster.deliver_all();
+        for data in payloads("together", 50) {
+            cluster
+                .core(leader)
+                .propose(data.into_bytes())
+                .expect("accepted");
+        }
+        let out = cluster
+            .core(leader)
+            .ready(&mut WriteBatch::new())
+            .expect("ready");
+        let appends = appends(&out);
+        assert_eq!(appends.len(), 2, "both followers get the entries");
+        for (follower, messages) in appends {
+            assert_eq!(messages.len(), 1, "one message to {follower}");
+        }
+    }
+
+    #[test]
+    fn proposals_at_a_follower_between_two_readies_reach_the_leader_as_one_message() {
+        let mut cluster = Cluster::new(3, 7);
+        let leader = cluster.elect();
+        cluster.deliver_all();
+        let follower = cluster
+            .up()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a follower");
+        let data = payloads("forwarded", 30);
+        for payload in &data {
+            cluster
+                .core(follower)
+                .propose(payload.clone().into_bytes())
+                .expect("accepted");
+        }
+        let out = cluster
+            .core(follower)
+            .ready(&mut WriteBatch::new())
+            .expect("ready");
+        // A follower sends everything after its sync.
+        let proposals: Vec<Message> = out
+            .messages_after_sync
+            .iter()
+            .map(|m| Message::parse_from_bytes(&m.bytes).expect("a message"))
+            .filter(|m| m.get_msg_type() == MessageType::MsgPropose)
+            .collect();
+        assert_eq!(proposals.len(), 1);
+        assert_eq!(proposals[0].to, leader);
+        assert_eq!(proposals[0].entries.len(), 30);
+        for message in out.messages_after_sync {
+            cluster.queue.push_back(Envelope {
+                from: follower,
+                message,
+            });
+        }
+        let all_applied = |c: &Cluster| c.up().iter().all(|&id| c.applied_data(id).len() == 30);
+        assert!(
+            cluster.run_until(100, all_applied),
+            "every proposal commits"
+        );
+        assert_eq!(cluster.applied_data(leader), data, "in the order proposed");
+    }
+
+    #[test]
+    fn batched_appends_stay_within_the_append_bound() {
+        let append_bytes_max = 4096;
+        let mut cluster = Cluster::with_config(3, 5, |config| {
+            config.append_bytes_max = append_bytes_max;
+        });
+        let leader = cluster.elect();
+        cluster.deliver_all();
+        let entry_bytes = 500;
+        for _ in 0..40 {
+            cluster
+                .core(leader)
+                .propose(vec![7; entry_bytes])
+                .expect("accepted");
+        }
+        let out = cluster
+            .core(leader)
+            .ready(&mut WriteBatch::new())
+            .expect("ready");
+        for (follower, messages) in appends(&out) {
+            assert!(messages.len() > 1, "the batch to {follower} was cut");
+            assert_eq!(messages.iter().sum::<u64>(), 40 * entry_bytes as u64);
+            assert!(
+                messages.iter().all(|&bytes| bytes <= append_bytes_max),
+                "{messages:?}"
+            );
         }
     }
 

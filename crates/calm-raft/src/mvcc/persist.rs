@@ -35,6 +35,7 @@ const REVISION_MAX: i64 = 1 << 62;
 /// A record as stored: the key and what happened to it.
 #[derive(Serialize, Deserialize)]
 struct StoredRecord {
+    #[serde(with = "crate::bytes")]
     key: Vec<u8>,
     change: Change,
 }
@@ -42,6 +43,7 @@ struct StoredRecord {
 /// A borrowed [`StoredRecord`], to encode without copying.
 #[derive(Serialize)]
 struct StoredRecordRef<'a> {
+    #[serde(serialize_with = "crate::bytes::serialize")]
     key: &'a [u8],
     change: &'a Change,
 }

@@ -65,7 +65,13 @@ impl Links {
 
 /// Starts a proxy for node `to` on a free port, forwarding to `target`.
 async fn proxy(to: u64, target: SocketAddr, links: Links) -> SocketAddr {
-    let listener = TcpListener::bind(free_port()).await.unwrap();
+    // Another process may take the port between the check and this bind
+    // (a second test run on the machine): take the next one then.
+    let listener = loop {
+        if let Ok(listener) = TcpListener::bind(free_port()).await {
+            break listener;
+        }
+    };
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
