@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::log::{Membership, STATE_KEYSPACE};
 use crate::node::{
     CommittedPayload, ConfChangeOutcome, MembershipChange, OutboundMessage, Output as RaftOutput,
-    RaftConfig, RaftCore, RaftStatus, Role,
+    RaftConfig, RaftCore, RaftStatus,
 };
 use crate::state::{ApplyError, Outcome, Response, StateConfig, StateMachine};
 use crate::watch::{WatchBatch, WatchConfig, WatchError, WatchHub, WatchId, WatchSpec};
@@ -525,7 +525,7 @@ impl Keyspace {
         // apply an expiry timed by this node's stale lessor (found by
         // calm-sim's lease checker: a leader paused past an election
         // revoked a lease the new leader had just renewed).
-        if self.leader == self.me && self.raft.status().role == Role::Leader {
+        if self.leader == self.me && self.raft.is_leader() {
             for id in self.state.lessor_mut().expired(now_ms) {
                 // Nobody waits for an expiry: proposal 0. A lost proposal is
                 // retried when the lessor offers the lease again.

@@ -810,6 +810,12 @@ impl RaftCore {
         Ok(out)
     }
 
+    /// Whether this node leads its term now (cheaper than
+    /// [`status`](Self::status), which copies the membership).
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
     /// A snapshot of the node's view of the cluster.
     pub fn status(&self) -> RaftStatus {
         let raft = &self.node.raft;

@@ -365,15 +365,7 @@ impl KeyspaceSim {
         } else {
             return Ok(false);
         };
-        // Ids far above the workload's, which the workload ignores.
-        self.membership_requests += 1;
-        let id = RequestId(u64::MAX - self.membership_requests);
-        let call = Call::ChangeMembership(vec![change]);
-        self.nodes[leader]
-            .inbox
-            .push_back(Inbound::Client { id, call });
-        self.stats.membership_changes += 1;
-        self.fold_trace(&[9, leader as u8, target as u8]);
+        self.ask_membership_change(leader, vec![change], &[9, leader as u8, target as u8]);
         Ok(true)
     }
 
@@ -395,6 +387,19 @@ impl KeyspaceSim {
             .into_iter()
             .map(MembershipChange::PromoteLearner)
             .collect();
+        self.ask_membership_change(leader, changes, &[10, leader as u8]);
+        true
+    }
+
+    /// Queues `changes` at node index `leader`, folding `trace` into the
+    /// trace hash.
+    fn ask_membership_change(
+        &mut self,
+        leader: usize,
+        changes: Vec<MembershipChange>,
+        trace: &[u8],
+    ) {
+        // Ids far above the workload's, which the workload ignores.
         self.membership_requests += 1;
         let id = RequestId(u64::MAX - self.membership_requests);
         let call = Call::ChangeMembership(changes);
@@ -402,8 +407,7 @@ impl KeyspaceSim {
             .inbox
             .push_back(Inbound::Client { id, call });
         self.stats.membership_changes += 1;
-        self.fold_trace(&[10, leader as u8]);
-        true
+        self.fold_trace(trace);
     }
 
     // ---- Views ----

@@ -21,16 +21,13 @@ use calm_proto::etcd::etcdserverpb::kv_client::KvClient;
 use calm_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use calm_proto::etcd::etcdserverpb::request_op::Request as RequestOpKind;
 use calm_proto::etcd::etcdserverpb::response_op::Response as ResponseOpKind;
-use calm_proto::etcd::etcdserverpb::watch_client::WatchClient;
-use calm_proto::etcd::etcdserverpb::watch_request::RequestUnion;
 use calm_proto::etcd::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest,
+    ResponseHeader, StatusRequest, TxnRequest,
 };
 use calm_proto::etcd::mvccpb::event::EventType;
 use calm_sim::linearizability::{EtcdInput, EtcdModel, EtcdOutput, Operation, Verdict, check};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::harness::{Cluster, eventually};
@@ -867,47 +864,16 @@ async fn read_back(cluster: &Cluster) -> Option<Applied> {
 /// Every event on the test's keys up to the current revision, by a watch
 /// from revision 1 on `endpoint`.
 async fn applied_at(endpoint: SocketAddr) -> Option<Applied> {
-    let mut kv = connect(endpoint).await?;
-    let head = RangeRequest {
-        key: PREFIX.0.as_bytes().to_vec(),
-        range_end: PREFIX.1.as_bytes().to_vec(),
-        count_only: true,
-        ..RangeRequest::default()
-    };
-    let current = revision_of(kv.range(head).await.ok()?.into_inner().header);
-    let create = WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: PREFIX.0.as_bytes().to_vec(),
-            range_end: PREFIX.1.as_bytes().to_vec(),
-            start_revision: 1,
-            ..WatchCreateRequest::default()
-        })),
-    };
-    // The request stream stays open: closing it would end the watch.
-    let requests = tokio_stream::iter([create]).chain(tokio_stream::pending());
-    let mut watch = WatchClient::connect(format!("http://{endpoint}"))
-        .await
-        .ok()?;
-    let mut responses = watch.watch(requests).await.ok()?.into_inner();
     let mut applied = Applied::default();
-    // Revision 1 is the empty store's: there is nothing before it.
-    let mut seen = 1;
-    while seen < current {
-        let response = responses.message().await.ok()??;
-        if response.canceled {
-            return None;
-        }
-        for event in response.events {
-            let kv = event.kv?;
-            seen = seen.max(kv.mod_revision);
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            match EventType::try_from(event.r#type).ok()? {
-                EventType::Put => {
-                    let value = String::from_utf8_lossy(&kv.value).into_owned();
-                    applied.puts.insert(value, kv.mod_revision);
-                }
-                EventType::Delete => applied.deletes.push((key, kv.mod_revision)),
+    for event in crate::watch::history_at(endpoint, PREFIX).await? {
+        let kv = event.kv?;
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        match EventType::try_from(event.r#type).ok()? {
+            EventType::Put => {
+                let value = String::from_utf8_lossy(&kv.value).into_owned();
+                applied.puts.insert(value, kv.mod_revision);
             }
+            EventType::Delete => applied.deletes.push((key, kv.mod_revision)),
         }
     }
     Some(applied)

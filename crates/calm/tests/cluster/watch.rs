@@ -180,7 +180,7 @@ async fn follow(endpoints: Vec<SocketAddr>, home: usize, state: Arc<WatcherState
     let mut node = home;
     loop {
         let after = state.events.lock().unwrap().last().map_or(0, revision);
-        match open_watch(endpoints[node], after + 1).await {
+        match open_watch(endpoints[node], PREFIX, after + 1).await {
             Some(mut responses) => {
                 loop {
                     if state.drop_stream.swap(false, Ordering::Relaxed) {
@@ -208,12 +208,13 @@ async fn follow(endpoints: Vec<SocketAddr>, home: usize, state: Arc<WatcherState
 /// `endpoint`, once the server confirmed it; `None` if it cannot be opened.
 async fn open_watch(
     endpoint: SocketAddr,
+    prefix: (&str, &str),
     start_revision: i64,
 ) -> Option<tonic::Streaming<calm_proto::etcd::etcdserverpb::WatchResponse>> {
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: PREFIX.0.as_bytes().to_vec(),
-            range_end: PREFIX.1.as_bytes().to_vec(),
+            key: prefix.0.as_bytes().to_vec(),
+            range_end: prefix.1.as_bytes().to_vec(),
             start_revision,
             ..WatchCreateRequest::default()
         })),
@@ -313,7 +314,8 @@ fn put_op(key: &str, value: &[u8]) -> RequestOp {
 /// it whole.
 async fn store_history(cluster: &Cluster) -> Vec<Event> {
     for node in &cluster.nodes {
-        let history = tokio::time::timeout(CATCH_UP_WITHIN, history_at(node.client)).await;
+        let history = tokio::time::timeout(CATCH_UP_WITHIN, history_at(node.client, PREFIX));
+        let history = history.await;
         if let Ok(Some(history)) = history {
             return history;
         }
@@ -321,16 +323,19 @@ async fn store_history(cluster: &Cluster) -> Vec<Event> {
     panic!("no node gave the store's history\n{}", cluster.logs());
 }
 
-async fn history_at(endpoint: SocketAddr) -> Option<Vec<Event>> {
+/// Every event of `prefix` (key, range end) up to the store's current
+/// revision, by a watch from revision 1 at `endpoint`; `None` if it cannot
+/// be read whole.
+pub(crate) async fn history_at(endpoint: SocketAddr, prefix: (&str, &str)) -> Option<Vec<Event>> {
     let mut kv = KvClient::new(channel(endpoint).await?);
     let head = RangeRequest {
-        key: PREFIX.0.as_bytes().to_vec(),
-        range_end: PREFIX.1.as_bytes().to_vec(),
+        key: prefix.0.as_bytes().to_vec(),
+        range_end: prefix.1.as_bytes().to_vec(),
         count_only: true,
         ..RangeRequest::default()
     };
     let current = kv.range(head).await.ok()?.into_inner().header?.revision;
-    let mut responses = open_watch(endpoint, 1).await?;
+    let mut responses = open_watch(endpoint, prefix, 1).await?;
     let mut events: Vec<Event> = Vec::new();
     while events.last().map_or(0, revision) < current {
         let response = responses.message().await.ok()??;
