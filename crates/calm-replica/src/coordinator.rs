@@ -321,6 +321,25 @@ pub enum KvMessage {
         /// The down owner this replica stands in for, if any.
         hint: Option<NodeId>,
     },
+    /// Hinted handoff, from a fallback to the owner it held `object` for:
+    /// merge it into the stored object, persist it, then answer
+    /// [`KvReply::HandedOff`]. Sent by a replica store, not the
+    /// coordinator.
+    Handoff {
+        /// The key.
+        key: Bytes,
+        /// The hint.
+        object: KvObject,
+    },
+    /// Tombstone collection: remove `key` if the stored object still equals
+    /// `object` (and the store's own conditions hold); no answer. Sent for
+    /// an [`Effect::Reap`].
+    Reap {
+        /// The key.
+        key: Bytes,
+        /// The tombstone every owner held.
+        object: KvObject,
+    },
 }
 
 /// A replica's answer to a [`KvMessage`], fed back with [`Coordinator::step`].
@@ -343,6 +362,15 @@ pub enum KvReply {
     Failed {
         /// The request.
         request: RequestId,
+    },
+    /// The owner persisted a [`KvMessage::Handoff`]: the fallback may drop
+    /// its hint if it still has this digest. For the fallback's store; the
+    /// coordinator ignores it.
+    HandedOff {
+        /// The key.
+        key: Bytes,
+        /// The xxh3-64 digest of the encoded object handed over.
+        digest: u64,
     },
 }
 
@@ -696,6 +724,10 @@ impl Coordinator {
             KvReply::Stored { request } => (request, Answer::Stored),
             KvReply::Fetched { request, object } => (request, Answer::Fetched(object)),
             KvReply::Failed { request } => (request, Answer::Failed),
+            KvReply::HandedOff { .. } => {
+                self.stats.late_replies += 1;
+                return;
+            }
         };
         let Some(pending) = self.pending.get_mut(&id) else {
             self.stats.late_replies += 1;

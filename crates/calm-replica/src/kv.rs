@@ -39,6 +39,8 @@
 //! # Ok::<(), calm_replica::kv::KvError>(())
 //! ```
 
+pub mod store;
+
 use calm_clock::{Dot, DvvSet, VersionVector};
 use calm_types::NodeId;
 use calm_types::codec::{self, DecodeError};

@@ -32,6 +32,14 @@ enum MessageRef<'a> {
         object: &'a KvObject,
         hint: Option<NodeId>,
     },
+    Handoff {
+        key: &'a [u8],
+        object: &'a KvObject,
+    },
+    Reap {
+        key: &'a [u8],
+        object: &'a KvObject,
+    },
 }
 
 #[derive(Deserialize)]
@@ -52,6 +60,14 @@ enum MessageOwned {
         object: KvObject,
         hint: Option<NodeId>,
     },
+    Handoff {
+        key: Bytes,
+        object: KvObject,
+    },
+    Reap {
+        key: Bytes,
+        object: KvObject,
+    },
 }
 
 #[derive(Serialize)]
@@ -59,6 +75,7 @@ enum ReplyRef<'a> {
     Stored { request: u64 },
     Fetched { request: u64, object: &'a KvObject },
     Failed { request: u64 },
+    HandedOff { key: &'a [u8], digest: u64 },
 }
 
 #[derive(Deserialize)]
@@ -66,6 +83,7 @@ enum ReplyOwned {
     Stored { request: u64 },
     Fetched { request: u64, object: KvObject },
     Failed { request: u64 },
+    HandedOff { key: Bytes, digest: u64 },
 }
 
 impl KvMessage {
@@ -93,6 +111,8 @@ impl KvMessage {
                 object,
                 hint: *hint,
             },
+            KvMessage::Handoff { key, object } => MessageRef::Handoff { key, object },
+            KvMessage::Reap { key, object } => MessageRef::Reap { key, object },
         };
         codec::encode(&wire)
     }
@@ -120,11 +140,14 @@ impl KvMessage {
                 hint,
             },
             MessageOwned::Repair { key, object, hint } => KvMessage::Repair { key, object, hint },
+            MessageOwned::Handoff { key, object } => KvMessage::Handoff { key, object },
+            MessageOwned::Reap { key, object } => KvMessage::Reap { key, object },
         };
         let (key, object) = match &message {
-            KvMessage::Store { key, object, .. } | KvMessage::Repair { key, object, .. } => {
-                (key, Some(object))
-            }
+            KvMessage::Store { key, object, .. }
+            | KvMessage::Repair { key, object, .. }
+            | KvMessage::Handoff { key, object }
+            | KvMessage::Reap { key, object } => (key, Some(object)),
             KvMessage::Fetch { key, .. } => (key, None),
         };
         crate::kv::check_key(key, limits).map_err(|e| DecodeError::Invalid(e.to_string()))?;
@@ -145,6 +168,10 @@ impl KvReply {
                 object,
             },
             KvReply::Failed { request } => ReplyRef::Failed { request: request.0 },
+            KvReply::HandedOff { key, digest } => ReplyRef::HandedOff {
+                key,
+                digest: *digest,
+            },
         };
         codec::encode(&wire)
     }
@@ -167,6 +194,11 @@ impl KvReply {
             ReplyOwned::Failed { request } => KvReply::Failed {
                 request: RequestId(request),
             },
+            ReplyOwned::HandedOff { key, digest } => {
+                crate::kv::check_key(&key, limits)
+                    .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+                KvReply::HandedOff { key, digest }
+            }
         };
         Ok(reply)
     }
