@@ -199,6 +199,30 @@ pub enum ErrorDetail {
         /// The key's other live replicas, which may have seen the token.
         replica_node_ids: Vec<u64>,
     },
+    /// `FAILED_PRECONDITION`: a `Kv` write would leave more siblings than
+    /// the bound; read, then write with the read's context.
+    TooManySiblings {
+        /// Siblings the write would have left.
+        siblings: u32,
+        /// The bound.
+        siblings_max: u32,
+    },
+    /// `UNAVAILABLE`: fewer of the key's replicas are up than the request
+    /// needs. Nothing changed.
+    QuorumUnavailable {
+        /// R or W.
+        needed: u32,
+        /// Usable replicas up.
+        up: u32,
+    },
+    /// `DEADLINE_EXCEEDED`: a `Kv` write got fewer than W acks in time;
+    /// some replicas hold it.
+    WriteInDoubt {
+        /// Acks received.
+        acks: u32,
+        /// W.
+        needed: u32,
+    },
 }
 
 impl ErrorDetail {
@@ -219,6 +243,18 @@ impl ErrorDetail {
             },
             Detail::CatchUp(replicas) => ErrorDetail::CatchUp {
                 replica_node_ids: replicas.replica_node_ids,
+            },
+            Detail::TooManySiblings(bound) => ErrorDetail::TooManySiblings {
+                siblings: bound.siblings,
+                siblings_max: bound.siblings_max,
+            },
+            Detail::QuorumUnavailable(quorum) => ErrorDetail::QuorumUnavailable {
+                needed: quorum.needed,
+                up: quorum.up,
+            },
+            Detail::WriteInDoubt(acks) => ErrorDetail::WriteInDoubt {
+                acks: acks.acks,
+                needed: acks.needed,
             },
         }
     }
@@ -246,6 +282,20 @@ impl fmt::Display for ErrorDetail {
                 "not caught up to the causal token; other replicas: {}",
                 NodeList(replica_node_ids)
             ),
+            ErrorDetail::TooManySiblings {
+                siblings,
+                siblings_max,
+            } => write!(
+                f,
+                "{siblings} siblings would exceed the bound of {siblings_max}; \
+                 write with a read's context to resolve them"
+            ),
+            ErrorDetail::QuorumUnavailable { needed, up } => {
+                write!(f, "{up} usable replicas are up, {needed} needed")
+            }
+            ErrorDetail::WriteInDoubt { acks, needed } => {
+                write!(f, "write in doubt: {acks} of {needed} acks")
+            }
         }
     }
 }

@@ -69,6 +69,7 @@ pub use error::{ClientError, ErrorDetail, code_name};
 pub use tokens::CausalToken;
 pub use tonic::Code;
 pub use types::{
-    BoundedCounterValue, Level, MapCounter, MapRegister, MapSet, MapUpdate, MapValue, Member,
-    MemberState, NodeRights, NodeStatus, ObjectKind, RegisterKind, RegisterValue, Reply,
+    BoundedCounterValue, KvOptions, KvValue, KvWritten, Level, MapCounter, MapRegister, MapSet,
+    MapUpdate, MapValue, Member, MemberState, NodeRights, NodeStatus, ObjectKind, RegisterKind,
+    RegisterValue, Reply,
 };

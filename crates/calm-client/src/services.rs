@@ -6,6 +6,7 @@ use calm_proto::calm::v1 as pb;
 use pb::bounded_counter_client::BoundedCounterClient;
 use pb::cluster_client::ClusterClient;
 use pb::counter_client::CounterClient;
+use pb::kv_client::KvClient;
 use pb::map_client::MapClient;
 use pb::register_client::RegisterClient;
 use pb::set_client::SetClient;
@@ -13,8 +14,8 @@ use pb::set_client::SetClient;
 use crate::client::{Client, Idempotence, request};
 use crate::error::ClientError;
 use crate::types::{
-    BoundedCounterValue, MapUpdate, MapValue, Member, NodeStatus, RegisterKind, RegisterValue,
-    Reply,
+    BoundedCounterValue, KvOptions, KvValue, KvWritten, Level, MapUpdate, MapValue, Member,
+    NodeStatus, RegisterKind, RegisterValue, Reply, siblings,
 };
 
 /// Counter: a PN-counter per key.
@@ -394,5 +395,112 @@ impl Client {
     ) -> Result<NodeStatus, ClientError> {
         let header = self.header(endpoint, reply.header.take())?;
         Ok(NodeStatus::from_proto(header.node_id, reply))
+    }
+}
+
+/// Kv: plain values replicated without a leader at `one`/`quorum`/`all`,
+/// with siblings and causal contexts. These replies carry no causal token:
+/// the context is their causality, so the session's tokens are untouched.
+impl Client {
+    /// Reads every sibling of `key` from R replicas. Idempotent: it fails
+    /// over freely.
+    pub async fn kv_get(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: &KvOptions,
+    ) -> Result<KvValue, ClientError> {
+        let message = pb::KvGetRequest {
+            key: key.as_ref().to_vec(),
+            level: self.kv_level(options),
+            causal_token: Vec::new(),
+            quorum: options.quorum(),
+        };
+        let (reply, at) = self
+            .call(Idempotence::Idempotent, |channel, remaining| {
+                let request = request(message.clone(), remaining);
+                async move { KvClient::new(channel).get(request).await }
+            })
+            .await?;
+        let header = self.header(at, reply.header)?;
+        Ok(KvValue {
+            siblings: siblings(reply.siblings),
+            context: reply.context,
+            replies: reply.replies,
+            node_id: header.node_id,
+        })
+    }
+
+    /// Writes `value` to `key`, superseding what `options.context` saw (a
+    /// blind write without one). Not idempotent (a replay adds a sibling):
+    /// it fails over only on `UNAVAILABLE`, when nothing changed.
+    pub async fn kv_put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: &KvOptions,
+    ) -> Result<KvWritten, ClientError> {
+        let message = pb::KvPutRequest {
+            key: key.as_ref().to_vec(),
+            level: self.kv_level(options),
+            causal_token: Vec::new(),
+            value: value.as_ref().to_vec(),
+            context: options.context.clone(),
+            quorum: options.quorum(),
+        };
+        let (reply, at) = self
+            .call(Idempotence::NotIdempotent, |channel, remaining| {
+                let request = request(message.clone(), remaining);
+                async move { KvClient::new(channel).put(request).await }
+            })
+            .await?;
+        let header = self.header(at, reply.header)?;
+        Ok(KvWritten {
+            siblings: siblings(reply.siblings),
+            context: reply.context,
+            acks: reply.acks,
+            hinted_acks: reply.hinted_acks,
+            node_id: header.node_id,
+        })
+    }
+
+    /// Deletes `key`: a tombstone superseding what `options.context` saw.
+    /// Not idempotent, like [`kv_put`](Self::kv_put).
+    pub async fn kv_delete(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: &KvOptions,
+    ) -> Result<KvWritten, ClientError> {
+        let message = pb::KvDeleteRequest {
+            key: key.as_ref().to_vec(),
+            level: self.kv_level(options),
+            causal_token: Vec::new(),
+            context: options.context.clone(),
+            quorum: options.quorum(),
+        };
+        let (reply, at) = self
+            .call(Idempotence::NotIdempotent, |channel, remaining| {
+                let request = request(message.clone(), remaining);
+                async move { KvClient::new(channel).delete(request).await }
+            })
+            .await?;
+        let header = self.header(at, reply.header)?;
+        Ok(KvWritten {
+            siblings: Vec::new(),
+            context: reply.context,
+            acks: reply.acks,
+            hinted_acks: reply.hinted_acks,
+            node_id: header.node_id,
+        })
+    }
+
+    /// The level a `Kv` request carries: the options', else the client's
+    /// when it is a `Kv` level, else unspecified (the server's `quorum`).
+    fn kv_level(&self, options: &KvOptions) -> i32 {
+        let configured = Level::from_proto(self.level());
+        match options.level.or(configured) {
+            Some(level @ (Level::One | Level::Quorum | Level::All)) => level.to_proto().into(),
+            Some(other) if options.level.is_some() => other.to_proto().into(),
+            _ => pb::Level::Unspecified.into(),
+        }
     }
 }

@@ -439,3 +439,78 @@ impl NodeStatus {
         }
     }
 }
+
+/// How a `Kv` request is served: its level and its causal context, and
+/// overrides of the keyspace's N, R and W.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvOptions {
+    /// `One`, `Quorum` or `All`; `None` uses the client's level when it is
+    /// one of those, and the server's default (`quorum`) otherwise.
+    pub level: Option<Level>,
+    /// The context of the read a write follows; empty for a blind write.
+    pub context: Vec<u8>,
+    /// Replicas of the key for this request.
+    pub n: Option<u32>,
+    /// Replies a read waits for.
+    pub r: Option<u32>,
+    /// Acks a write waits for.
+    pub w: Option<u32>,
+}
+
+impl KvOptions {
+    pub(crate) fn quorum(&self) -> Option<pb::KvQuorum> {
+        if self.n.is_none() && self.r.is_none() && self.w.is_none() {
+            return None;
+        }
+        Some(pb::KvQuorum {
+            n: self.n.unwrap_or(0),
+            r: self.r.unwrap_or(0),
+            w: self.w.unwrap_or(0),
+        })
+    }
+}
+
+/// A `Kv.Get`: every sibling (`None` for a concurrent delete) and the
+/// context to write back with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvValue {
+    /// Every sibling in the server's stable order; empty if never written.
+    pub siblings: Vec<Option<Vec<u8>>>,
+    /// Pass it to the next put or delete of the key.
+    pub context: Vec<u8>,
+    /// Replies merged.
+    pub replies: u32,
+    /// The node that coordinated the read.
+    pub node_id: u64,
+}
+
+impl KvValue {
+    /// The live values, tombstones skipped.
+    pub fn values(&self) -> impl Iterator<Item = &Vec<u8>> + '_ {
+        self.siblings.iter().flatten()
+    }
+}
+
+/// A `Kv.Put` or `Kv.Delete`: what the coordinating owner holds after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvWritten {
+    /// Every sibling the owner holds, the new write included (none for a
+    /// delete's reply).
+    pub siblings: Vec<Option<Vec<u8>>>,
+    /// The context that supersedes exactly those siblings.
+    pub context: Vec<u8>,
+    /// Acks before the reply (W).
+    pub acks: u32,
+    /// How many of them were hints held for a down replica.
+    pub hinted_acks: u32,
+    /// The node that coordinated the write.
+    pub node_id: u64,
+}
+
+/// The API's siblings as plain options.
+pub(crate) fn siblings(siblings: Vec<pb::KvSibling>) -> Vec<Option<Vec<u8>>> {
+    siblings
+        .into_iter()
+        .map(|sibling| (!sibling.tombstone).then_some(sibling.value))
+        .collect()
+}

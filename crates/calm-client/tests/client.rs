@@ -469,6 +469,7 @@ impl Cluster for FakeNode {
             keys: 42,
             key_bytes_max: 1024,
             payload_bytes_max: 65536,
+            ..pb::StatusResponse::default()
         }))
     }
 }

@@ -9,6 +9,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use calm_membership::MemberState;
+use calm_replica::coordinator::{CoordinatorError, Level, Overrides};
+use calm_replica::kv::{KvError, KvObject};
 use calm_replica::{Ack, Operation, ReplicaError};
 use calm_types::NodeId;
 use serde::Serialize;
@@ -24,8 +26,92 @@ pub enum BackendError {
     /// changed. Retryable on another node.
     #[error("node unavailable: {0}")]
     Unavailable(&'static str),
+    /// A request of the `one`/`quorum`/`all` levels was refused or failed;
+    /// see the variant for whether anything changed.
+    #[error(transparent)]
+    Kv(#[from] KvRefusal),
 }
 
+/// Why a request of the `one`/`quorum`/`all` levels did not succeed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum KvRefusal {
+    /// The key, value or context was refused, or the write would leave too
+    /// many siblings. Nothing changed.
+    #[error(transparent)]
+    Object(#[from] KvError),
+    /// The coordinator refused or failed the request; see the variant.
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    /// A write must be coordinated by one of the key's natural owners
+    /// (it mints the write's dot from the object it keeps), and this node is
+    /// not one. Nothing changed; `owners` lists the up owners to send it to,
+    /// empty if every owner is down.
+    #[error("this node does not own the key; its up owners are {owners:?}")]
+    NotOwner {
+        /// The key's up natural owners, in preference order.
+        owners: Vec<NodeId>,
+    },
+    /// The coordinating node's store failed before anything was sent;
+    /// the write may be on its disk.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// One request of the `one`/`quorum`/`all` levels, as the API hands it to
+/// the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvCall {
+    /// The key.
+    pub key: Vec<u8>,
+    /// What to do.
+    pub op: KvOp,
+    /// How many replicas must answer.
+    pub level: Level,
+    /// Per-request overrides of N, R and W.
+    pub overrides: Overrides,
+}
+
+/// The operation of a [`KvCall`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOp {
+    /// Read every sibling from R replicas.
+    Get,
+    /// Write `value`, superseding what `context` saw (empty: a blind write).
+    Put {
+        /// The value.
+        value: Vec<u8>,
+        /// The context of the read this write follows.
+        context: Vec<u8>,
+    },
+    /// Write a tombstone, superseding what `context` saw.
+    Delete {
+        /// The context of the read this delete follows.
+        context: Vec<u8>,
+    },
+}
+
+/// What a successful [`KvCall`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvAnswer {
+    /// A put or delete reached W replicas; `object` is what the
+    /// coordinating owner holds after it (returned to the client with its
+    /// context).
+    Written {
+        /// The coordinating owner's object after the write.
+        object: KvObject,
+        /// Acks before the reply.
+        acks: usize,
+        /// How many of them were hints.
+        hinted: usize,
+    },
+    /// The merge of R replicas' objects.
+    Read {
+        /// The merged object.
+        object: KvObject,
+        /// Replies merged.
+        replies: usize,
+    },
+}
 /// One member as `calm members` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MemberInfo {
@@ -84,6 +170,28 @@ pub struct NodeStatus {
     pub payload_bytes_max: u64,
     /// The member table, this node included.
     pub members: Vec<MemberInfo>,
+    /// The coordination tax paid since the node started, per level.
+    pub tax: Vec<LevelTax>,
+    /// Durable commits of the node's store since it started.
+    pub fsyncs: u64,
+    /// Peer messages sent since the node started, by channel.
+    pub messages_sent: std::collections::BTreeMap<String, u64>,
+}
+
+/// The coordination one level cost on one node (see `calm.v1.LevelTax`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LevelTax {
+    /// `local`, `one`, `quorum`, `all`, `linearizable` or `serializable`.
+    pub level: &'static str,
+    /// Requests this node coordinated at the level.
+    pub requests: u64,
+    /// Network round trips on their critical paths, summed (forwards
+    /// included, counted by the forwarding node).
+    pub round_trips: u64,
+    /// The median latency of the level's recent requests here, in ms.
+    pub latency_p50_ms: f64,
+    /// Their 99th percentile, in ms.
+    pub latency_p99_ms: f64,
 }
 
 /// What the client-facing services need from a node.
@@ -96,6 +204,16 @@ pub trait Backend: Send + Sync + 'static {
         op: Operation,
         token: Option<Vec<u8>>,
     ) -> impl Future<Output = Result<Ack, BackendError>> + Send;
+
+    /// Runs one request of the `one`/`quorum`/`all` levels, coordinated by
+    /// this node, and waits for its outcome. A backend without those levels
+    /// keeps this default, which refuses.
+    fn kv(&self, call: KvCall) -> impl Future<Output = Result<KvAnswer, BackendError>> + Send {
+        let _ = call;
+        std::future::ready(Err(BackendError::Unavailable(
+            "this node does not serve the one, quorum and all levels",
+        )))
+    }
 
     /// This node's id.
     fn node(&self) -> NodeId;

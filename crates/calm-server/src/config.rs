@@ -13,13 +13,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use calm_replica::coordinator::Quorum;
+use calm_replica::kv::KvLimits;
 use calm_replica::{MESSAGE_KEY_BYTES_MAX, ReplicaConfig};
 use calm_types::NodeId;
 use serde::{Deserialize, Serialize};
 
 use calm_raft::{RaftConfig, StateConfig};
 
-use crate::node::{CoordinationOptions, NODE_ID_MAX};
+use crate::node::{CoordinationOptions, NODE_ID_MAX, QuorumOptions};
 
 /// The most replicas a key may have (`replication-factor`).
 pub const REPLICATION_FACTOR_MAX: usize = 7;
@@ -127,6 +129,18 @@ pub struct NodeConfig {
     /// `lease_based_reads_turn_stale_when_a_frozen_leader_resumes`).
     /// Default false.
     pub raft_lease_reads: bool,
+    /// Whether `one`/`quorum`/`all` writes may use fallback nodes holding
+    /// hints when an owner is down (Dynamo's sloppy quorum). Without it a
+    /// write needs W of the key's natural owners up. Default true.
+    pub sloppy_quorum: bool,
+    /// The most bytes of hints this node keeps for down owners; at the
+    /// bound, new hints are refused and those writes need their acks
+    /// elsewhere. At least 1 MiB. Default 64 MiB.
+    pub hint_bytes_max: u64,
+    /// Whether a `one`/`quorum`/`all` read asks one more replica when an
+    /// answer is slower than the recent p95 replica latency (hedging).
+    /// Default true.
+    pub hedged_reads: bool,
 }
 
 impl Default for NodeConfig {
@@ -158,6 +172,9 @@ impl Default for NodeConfig {
             snapshot_count: 100_000,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             raft_lease_reads: false,
+            sloppy_quorum: true,
+            hint_bytes_max: QuorumOptions::default().hint_bytes_max,
+            hedged_reads: true,
         }
     }
 }
@@ -360,12 +377,34 @@ impl NodeConfig {
         check_range("raft-tick-ms", self.raft_tick_ms, 10, 1_000)?;
         check_range("raft-election-ticks", self.raft_election_ticks, 3, 100)?;
         check_range("snapshot-count", self.snapshot_count, 100, u64::MAX)?;
+        check_range("hint-bytes-max", self.hint_bytes_max, 1024 * 1024, u64::MAX)?;
         check_range(
             "quota-backend-bytes",
             self.quota_backend_bytes,
             1024 * 1024,
             u64::MAX,
         )
+    }
+
+    /// The `one`/`quorum`/`all` levels' options: N is the replication
+    /// factor, and `LEVEL_QUORUM` reads and writes a majority of it.
+    pub fn quorum_options(&self) -> QuorumOptions {
+        let n = self.replication_factor;
+        let majority = n / 2 + 1;
+        // Invariant: `validate` bounds the replication factor to 1..=7, and
+        // a majority of it is within 1..=n.
+        let quorum = Quorum::new(n, majority, majority).expect("a validated replication factor");
+        let limits = KvLimits {
+            key_bytes_max: self.key_bytes_max,
+            ..KvLimits::default()
+        };
+        QuorumOptions {
+            quorum,
+            sloppy_quorum: self.sloppy_quorum,
+            limits,
+            hint_bytes_max: self.hint_bytes_max,
+            hedged_reads: self.hedged_reads,
+        }
     }
 
     /// The coordinated keyspace's options for `node`, or `None` when this
@@ -565,6 +604,17 @@ pub struct NodeArgs {
     /// reads (true|false) [default: false].
     #[arg(long, env = "CALM_RAFT_LEASE_READS", value_name = "BOOL")]
     pub raft_lease_reads: Option<bool>,
+    /// one/quorum/all writes may use fallbacks holding hints while an
+    /// owner is down (true|false) [default: true].
+    #[arg(long, env = "CALM_SLOPPY_QUORUM", value_name = "BOOL")]
+    pub sloppy_quorum: Option<bool>,
+    /// Most bytes of hints kept for down owners [default: 67108864].
+    #[arg(long, env = "CALM_HINT_BYTES_MAX", value_name = "BYTES")]
+    pub hint_bytes_max: Option<u64>,
+    /// Hedge one/quorum/all reads to one more replica after the recent p95
+    /// replica latency (true|false) [default: true].
+    #[arg(long, env = "CALM_HEDGED_READS", value_name = "BOOL")]
+    pub hedged_reads: Option<bool>,
 }
 
 impl NodeArgs {
@@ -598,6 +648,9 @@ impl NodeArgs {
         set(&mut config.snapshot_count, &self.snapshot_count);
         set(&mut config.quota_backend_bytes, &self.quota_backend_bytes);
         set(&mut config.raft_lease_reads, &self.raft_lease_reads);
+        set(&mut config.sloppy_quorum, &self.sloppy_quorum);
+        set(&mut config.hint_bytes_max, &self.hint_bytes_max);
+        set(&mut config.hedged_reads, &self.hedged_reads);
     }
 }
 
@@ -683,6 +736,9 @@ mod tests {
             snapshot_count: 500,
             quota_backend_bytes: 8 * 1024 * 1024,
             raft_lease_reads: true,
+            sloppy_quorum: false,
+            hint_bytes_max: 2 * 1024 * 1024,
+            hedged_reads: false,
         }
     }
 

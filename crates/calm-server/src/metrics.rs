@@ -5,6 +5,8 @@
 //! mirrored here by the node loop, which adds each snapshot's growth; the
 //! API layer counts requests directly.
 
+use std::collections::VecDeque;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,6 +66,81 @@ pub struct ReasonLabels {
 pub struct StateLabels {
     /// `alive`, `suspect`, `dead` or `left`.
     pub state: &'static str,
+}
+
+/// A coordination level label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabels {
+    /// `local`, `one`, `quorum`, `all`, `linearizable` or `serializable`.
+    pub level: &'static str,
+}
+
+/// Every level the coordination tax is counted at, in the order `/status`
+/// lists them.
+pub const TAX_LEVELS: [&str; 6] = [
+    "local",
+    "one",
+    "quorum",
+    "all",
+    "linearizable",
+    "serializable",
+];
+
+/// Latencies kept per level for `/status`.
+const RECENT_LATENCIES_MAX: usize = 1024;
+
+/// The latencies of the most recent requests at each level, for the
+/// median and p99 `/status` shows (a Prometheus histogram has only
+/// cumulative buckets, which cannot say what happened lately).
+#[derive(Debug, Default)]
+pub struct RecentLatencies {
+    /// A std Mutex, not a tokio one: it is held only to push or copy a
+    /// few numbers, never across an await.
+    levels: std::sync::Mutex<std::collections::HashMap<&'static str, VecDeque<f64>>>,
+}
+
+impl RecentLatencies {
+    /// Records one request at `level` that took `seconds`.
+    pub fn record(&self, level: &'static str, seconds: f64) {
+        let mut levels = self
+            .levels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let recent = levels.entry(level).or_default();
+        if recent.len() == RECENT_LATENCIES_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(seconds);
+    }
+
+    /// The median and the 99th percentile of `level`'s recent latencies, in
+    /// milliseconds; zeros before any request.
+    pub fn quantiles_ms(&self, level: &str) -> (f64, f64) {
+        let mut sorted: Vec<f64> = {
+            let levels = self
+                .levels
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            levels
+                .get(level)
+                .map(|recent| recent.iter().copied().collect())
+                .unwrap_or_default()
+        };
+        if sorted.is_empty() {
+            return (0.0, 0.0);
+        }
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] * 1_000.0;
+        (at(0.5), at(0.99))
+    }
+}
+
+/// An event label of the KV levels' counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// What happened: `stored`, `refused`, `delivered`, `expired` for
+    /// hints; `sent`, `won` for hedges.
+    pub event: &'static str,
 }
 
 /// The version label of `calm_build_info`.
@@ -137,6 +214,32 @@ pub struct Metrics {
     pub anti_entropy_ranges_compared: Counter,
     /// `calm_anti_entropy_keys_repaired_total`: key states shipped.
     pub anti_entropy_keys_repaired: Counter,
+    /// `calm_coordinated_requests_total{level}`: requests this node
+    /// coordinated (not the ones it forwarded), by level.
+    pub coordinated_requests: Family<LevelLabels, Counter>,
+    /// `calm_coordinated_round_trips_total{level}`: network round trips on
+    /// the critical path of those requests, plus one per forward (counted
+    /// by the forwarding node).
+    pub coordinated_round_trips: Family<LevelLabels, Counter>,
+    /// The recent latencies per level, for `/status`.
+    pub recent_latencies: RecentLatencies,
+    /// `calm_kv_hints`: hints this node holds for down owners.
+    pub kv_hints: Gauge,
+    /// `calm_kv_hint_bytes`: their size; new hints are refused at the
+    /// configured `hint-bytes-max`.
+    pub kv_hint_bytes: Gauge,
+    /// `calm_kv_hint_events_total{event}`: hints stored, refused at the
+    /// bound, delivered to their owner, or expired.
+    pub kv_hint_events: Family<EventLabels, Counter>,
+    /// `calm_kv_hedges_total{event}`: reads sent to one more replica after
+    /// the hedging delay (`sent`), and those whose reply completed the
+    /// read quorum (`won`).
+    pub kv_hedges: Family<EventLabels, Counter>,
+    /// `calm_kv_read_repairs_total`: repairs sent to stale replicas.
+    pub kv_read_repairs: Counter,
+    /// `calm_kv_tombstones_reaped_total`: tombstones removed once every
+    /// owner held them past the grace period.
+    pub kv_tombstones_reaped: Counter,
     /// `calm_build_info{version}`: always 1.
     pub build_info: Family<BuildLabels, Gauge>,
 }
@@ -290,6 +393,54 @@ impl Metrics {
             "Key states shipped to a peer by anti-entropy",
             anti_entropy_keys_repaired.clone(),
         );
+        let coordinated_requests = Family::default();
+        registry.register(
+            "calm_coordinated_requests",
+            "Requests this node coordinated, by level",
+            coordinated_requests.clone(),
+        );
+        let coordinated_round_trips = Family::default();
+        registry.register(
+            "calm_coordinated_round_trips",
+            "Network round trips on the critical path of coordinated requests, by level",
+            coordinated_round_trips.clone(),
+        );
+        let kv_hints = Gauge::default();
+        registry.register(
+            "calm_kv_hints",
+            "Hints this node holds for down owners of KV keys",
+            kv_hints.clone(),
+        );
+        let kv_hint_bytes = Gauge::default();
+        registry.register(
+            "calm_kv_hint_bytes",
+            "Bytes of hints this node holds for down owners of KV keys",
+            kv_hint_bytes.clone(),
+        );
+        let kv_hint_events = Family::default();
+        registry.register(
+            "calm_kv_hint_events",
+            "Hints stored, refused at the bound, delivered to their owner, or expired",
+            kv_hint_events.clone(),
+        );
+        let kv_hedges = Family::default();
+        registry.register(
+            "calm_kv_hedges",
+            "KV reads hedged to one more replica, and hedges that completed the quorum",
+            kv_hedges.clone(),
+        );
+        let kv_read_repairs = Counter::default();
+        registry.register(
+            "calm_kv_read_repairs",
+            "Read repairs sent to stale KV replicas",
+            kv_read_repairs.clone(),
+        );
+        let kv_tombstones_reaped = Counter::default();
+        registry.register(
+            "calm_kv_tombstones_reaped",
+            "KV tombstones removed once every owner held them",
+            kv_tombstones_reaped.clone(),
+        );
         let build_info: Family<BuildLabels, Gauge> = Family::default();
         registry.register(
             "calm_build_info",
@@ -326,6 +477,15 @@ impl Metrics {
             anti_entropy_bytes,
             anti_entropy_ranges_compared,
             anti_entropy_keys_repaired,
+            coordinated_requests,
+            coordinated_round_trips,
+            recent_latencies: RecentLatencies::default(),
+            kv_hints,
+            kv_hint_bytes,
+            kv_hint_events,
+            kv_hedges,
+            kv_read_repairs,
+            kv_tombstones_reaped,
             build_info,
         }
     }
@@ -345,4 +505,84 @@ impl Metrics {
 pub fn mirror(counter: &Counter, before: u64, now: u64) -> u64 {
     counter.inc_by(now.saturating_sub(before));
     now
+}
+
+impl Metrics {
+    /// The tax each level has cost so far, for `/status`.
+    pub fn tax(&self) -> Vec<crate::backend::LevelTax> {
+        TAX_LEVELS
+            .into_iter()
+            .map(|level| {
+                let labels = LevelLabels { level };
+                let (latency_p50_ms, latency_p99_ms) = self.recent_latencies.quantiles_ms(level);
+                crate::backend::LevelTax {
+                    level,
+                    requests: self.coordinated_requests.get_or_create(&labels).get(),
+                    round_trips: self.coordinated_round_trips.get_or_create(&labels).get(),
+                    latency_p50_ms,
+                    latency_p99_ms,
+                }
+            })
+            .collect()
+    }
+
+    /// Peer messages sent so far, by channel.
+    pub fn messages_sent(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            "membership",
+            "replication",
+            "raft",
+            "anti_entropy",
+            "ring",
+            "kv",
+        ]
+        .into_iter()
+        .map(|channel| {
+            let count = self
+                .peer_messages_sent
+                .get_or_create(&ChannelLabels { channel })
+                .get();
+            (channel.to_owned(), count)
+        })
+        .collect()
+    }
+
+    /// Counts one request coordinated at `level` with `round_trips` on its
+    /// critical path.
+    pub fn coordinated(&self, level: &'static str, round_trips: u64) {
+        let labels = LevelLabels { level };
+        self.coordinated_requests.get_or_create(&labels).inc();
+        self.coordinated_round_trips
+            .get_or_create(&labels)
+            .inc_by(round_trips);
+    }
+
+    /// Counts a forward of a request at `level`: one round trip more.
+    pub fn forwarded_round_trip(&self, level: &'static str) {
+        self.coordinated_round_trips
+            .get_or_create(&LevelLabels { level })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_latencies_report_the_median_and_p99_of_the_newest_requests() {
+        let recent = RecentLatencies::default();
+        assert_eq!(recent.quantiles_ms("quorum"), (0.0, 0.0));
+        // 2,048 requests: the first half slow, the newest 1,024 at 1..=1024 ms.
+        for _ in 0..RECENT_LATENCIES_MAX {
+            recent.record("quorum", 9.0);
+        }
+        for ms in 1..=RECENT_LATENCIES_MAX {
+            recent.record("quorum", ms as f64 / 1_000.0);
+        }
+        let (p50, p99) = recent.quantiles_ms("quorum");
+        assert!((p50 - 512.0).abs() <= 1.0, "median {p50}");
+        assert!((p99 - 1_014.0).abs() <= 1.0, "p99 {p99}");
+        assert_eq!(recent.quantiles_ms("local"), (0.0, 0.0));
+    }
 }

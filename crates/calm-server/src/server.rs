@@ -90,6 +90,7 @@ pub async fn start(config: &NodeConfig) -> Result<RunningServer, ServerError> {
         sync_max_delay_ms: config.sync_max_delay_ms,
         shutdown_grace_ms: config.shutdown_grace_ms,
         coordination: config.coordination_options(node_id),
+        quorum: config.quorum_options(),
     };
     let metrics = Arc::new(Metrics::new());
     let node = node::start(options, storage, Arc::clone(&metrics)).await?;

@@ -46,6 +46,9 @@ pub enum Channel {
     AntiEntropy,
     /// The gossiped ring log and node directory.
     Ring,
+    /// The `one`/`quorum`/`all` levels: coordinator requests, replica
+    /// replies, hint handoffs and their anti-entropy sessions.
+    Kv,
 }
 
 /// One message in a batch: a channel tag and bytes opaque to the transport.
@@ -426,6 +429,7 @@ mod tests {
             Just(Channel::Raft),
             Just(Channel::AntiEntropy),
             Just(Channel::Ring),
+            Just(Channel::Kv),
         ];
         let message = (channel, proptest::collection::vec(any::<u8>(), 0..200))
             .prop_map(|(channel, bytes)| Message { channel, bytes });

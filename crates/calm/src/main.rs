@@ -54,6 +54,10 @@ struct BenchCommand {
 #[derive(Debug, clap::Subcommand)]
 enum BenchMode {
     Usl(calm_bench::UslArgs),
+    /// A write and a read workload at every level, one after the other, and
+    /// the coordination tax of each: level | ops/s | p50 | p99 | msgs/op |
+    /// RTTs/op | fsyncs/op. List every node in --endpoints.
+    Tax(calm_bench::TaxArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             };
             match (mode, args) {
                 (Some(BenchMode::Usl(args)), _) => calm_bench::run_usl(args, target, format),
+                (Some(BenchMode::Tax(args)), _) => calm_bench::run_tax(args, target, format),
                 (None, Some(args)) => calm_bench::run(args, target, format),
                 // clap requires `--workload` when no mode is named.
                 (None, None) => {

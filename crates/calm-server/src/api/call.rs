@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use calm_proto::calm::v1::{Level, ResponseHeader};
+use calm_replica::coordinator::Level as KvLevel;
 use calm_replica::{Operation, Value};
 use tonic::{Request, Response, Status};
 
 use super::error::{code_name, status_of};
 use super::forward::{self, DataRpc, Forwarder};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError, KvAnswer, KvCall};
 use crate::metrics::{MethodLabels, Metrics, RequestLabels};
 
 /// What every service shares: the node, the metrics, and the channels to
@@ -62,6 +63,10 @@ impl<B: Backend> Api<B> {
     ) -> Result<T, Status> {
         let started = Instant::now();
         let result = work.await;
+        if result.is_ok() && level != "none" {
+            let seconds = started.elapsed().as_secs_f64();
+            self.metrics.recent_latencies.record(level, seconds);
+        }
         let code = result
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
@@ -111,14 +116,66 @@ impl<B: Backend> Api<B> {
             }
             Err(error) => error,
         };
+        let label = level_label(request.get_ref().common().level);
+        self.forward_or_fail(request, error, label).await
+    }
+
+    /// Serves one RPC of the `Kv` service: `call` turns the request into
+    /// the node's request (or refuses it), and `reply` turns the outcome
+    /// into the response. A write sent to a node that does not own the key
+    /// is forwarded to an owner.
+    pub(crate) async fn kv<R: DataRpc>(
+        &self,
+        request: Request<R>,
+        call: impl FnOnce(&R) -> Result<KvCall, Status> + Send,
+        reply: impl FnOnce(KvAnswer, KvHeader) -> Result<R::Response, Status> + Send,
+    ) -> Result<Response<R::Response>, Status> {
+        let label = match Level::try_from(request.get_ref().common().level) {
+            Ok(Level::Unspecified) => "quorum",
+            _ => level_label(request.get_ref().common().level),
+        };
+        let work = async {
+            let call = call(request.get_ref())?;
+            let key = call.key.clone();
+            let level = match call.level {
+                KvLevel::One => Level::One,
+                KvLevel::Quorum => Level::Quorum,
+                KvLevel::All => Level::All,
+            };
+            let error = match self.backend.kv(call).await {
+                Ok(answer) => {
+                    let header = ResponseHeader {
+                        causal_token: Vec::new(),
+                        node_id: self.backend.node().0,
+                        level: level as i32,
+                    };
+                    return reply(answer, KvHeader { header, key }).map(Response::new);
+                }
+                Err(error) => error,
+            };
+            self.forward_or_fail(request, error, label).await
+        };
+        self.measured(R::SERVICE, R::METHOD, label, work).await
+    }
+
+    /// Forwards a request that failed here with `error` to the node the
+    /// error names, or returns the error's status.
+    async fn forward_or_fail<R: DataRpc>(
+        &self,
+        request: Request<R>,
+        error: BackendError,
+        level: &'static str,
+    ) -> Result<Response<R::Response>, Status> {
+        let node = self.backend.node();
         match forward::target(&*self.backend, &error, &request) {
             Some(target) => {
                 let labels = MethodLabels {
                     service: R::SERVICE,
                     method: R::METHOD,
-                    level: level_label(request.get_ref().common().level),
+                    level,
                 };
                 self.metrics.requests_forwarded.get_or_create(&labels).inc();
+                self.metrics.forwarded_round_trip(level);
                 self.forwarder
                     .forward(target, request.into_inner())
                     .await
@@ -127,6 +184,14 @@ impl<B: Backend> Api<B> {
             None => Err(status_of(error, node)),
         }
     }
+}
+
+/// A `Kv` response's header, with the key its context is bound to.
+pub(crate) struct KvHeader {
+    /// The response header.
+    pub(crate) header: ResponseHeader,
+    /// The request's key.
+    pub(crate) key: Vec<u8>,
 }
 
 /// The metrics label of a request's level; an absent level is the

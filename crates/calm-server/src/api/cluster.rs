@@ -94,6 +94,23 @@ fn status(status: NodeStatus) -> StatusResponse {
         keys: status.keys,
         key_bytes_max: status.key_bytes_max,
         payload_bytes_max: status.payload_bytes_max,
+        tax: status
+            .tax
+            .into_iter()
+            .map(|tax| pb::LevelTax {
+                level: tax.level.to_owned(),
+                requests: tax.requests,
+                round_trips: tax.round_trips,
+                latency_p50_ms: tax.latency_p50_ms,
+                latency_p99_ms: tax.latency_p99_ms,
+            })
+            .collect(),
+        fsyncs: status.fsyncs,
+        messages_sent: status
+            .messages_sent
+            .into_iter()
+            .map(|(channel, count)| pb::ChannelCount { channel, count })
+            .collect(),
     }
 }
 

@@ -5,13 +5,15 @@
 use calm_proto::calm::v1 as pb;
 use calm_proto::calm::v1::error_detail::Detail;
 use calm_proto::google::rpc;
+use calm_replica::coordinator::CoordinatorError;
+use calm_replica::kv::KvError;
 use calm_replica::{ObjectError, ObjectKind, ReplicaError, Value};
 use calm_types::NodeId;
 use prost::Message;
 use tonic::codegen::Bytes;
 use tonic::{Code, Status};
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, KvRefusal};
 
 /// The type URL of an `ErrorDetail` packed in a `google.protobuf.Any`.
 pub(crate) const DETAIL_TYPE_URL: &str = "type.googleapis.com/calm.v1.ErrorDetail";
@@ -22,6 +24,7 @@ pub(crate) fn status_of(error: BackendError, node: NodeId) -> Status {
     let message = error.to_string();
     let error = match error {
         BackendError::Unavailable(_) => return Status::unavailable(message),
+        BackendError::Kv(refusal) => return kv_status(refusal, message),
         BackendError::Replica(error) => error,
     };
     match error {
@@ -66,6 +69,63 @@ pub(crate) fn status_of(error: BackendError, node: NodeId) -> Status {
         ReplicaError::Overloaded { .. } | ReplicaError::Poisoned => Status::unavailable(message),
         ReplicaError::Storage(_) => Status::internal(message),
     }
+}
+
+/// The status of a refused or failed request of the `one`/`quorum`/`all`
+/// levels, as the `Kv` service's error table says.
+fn kv_status(refusal: KvRefusal, message: String) -> Status {
+    match refusal {
+        KvRefusal::Object(KvError::TooManySiblings {
+            siblings,
+            siblings_max,
+        }) => with_detail(
+            Code::FailedPrecondition,
+            message,
+            Detail::TooManySiblings(pb::TooManySiblings {
+                siblings: saturate(siblings),
+                siblings_max: saturate(siblings_max),
+            }),
+        ),
+        KvRefusal::Object(_) | KvRefusal::Coordinator(CoordinatorError::Quorum(_)) => {
+            Status::invalid_argument(message)
+        }
+        KvRefusal::Coordinator(CoordinatorError::Unavailable { needed, up }) => with_detail(
+            Code::Unavailable,
+            message,
+            Detail::QuorumUnavailable(pb::QuorumUnavailable {
+                needed: saturate(needed),
+                up: saturate(up),
+            }),
+        ),
+        KvRefusal::Coordinator(CoordinatorError::WriteInDoubt { acks, needed }) => with_detail(
+            Code::DeadlineExceeded,
+            message,
+            Detail::WriteInDoubt(pb::WriteInDoubt {
+                acks: saturate(acks),
+                needed: saturate(needed),
+            }),
+        ),
+        KvRefusal::Coordinator(
+            CoordinatorError::Overloaded { .. }
+            | CoordinatorError::ReadTimeout { .. }
+            | CoordinatorError::ReadFailed { .. },
+        ) => Status::unavailable(message),
+        KvRefusal::NotOwner { owners } => with_detail(
+            Code::Unavailable,
+            message,
+            Detail::NotReplica(pb::NotReplica {
+                replica_node_ids: node_ids(&owners),
+            }),
+        ),
+        // Request ids are the node's own and unique: a duplicate is a bug.
+        KvRefusal::Coordinator(CoordinatorError::DuplicateRequest) | KvRefusal::Storage(_) => {
+            Status::internal(message)
+        }
+    }
+}
+
+fn saturate(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 /// FAILED_PRECONDITION with a `WrongType` detail: the key holds a `found`,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use calm_proto::calm::v1::bounded_counter_client::BoundedCounterClient;
 use calm_proto::calm::v1::counter_client::CounterClient;
+use calm_proto::calm::v1::kv_client::KvClient;
 use calm_proto::calm::v1::map_client::MapClient;
 use calm_proto::calm::v1::register_client::RegisterClient;
 use calm_proto::calm::v1::set_client::SetClient;
@@ -24,7 +25,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, KvRefusal};
 
 /// The request metadata key marking a forwarded request (value `1`).
 pub const FORWARDED_HEADER: &str = "calm-forwarded";
@@ -116,6 +117,12 @@ data_rpc!(BoundedCounterTransferRequest => BoundedCounterTransferResponse,
     "calm.v1.BoundedCounter", "Transfer", BoundedCounterClient::transfer);
 data_rpc!(BoundedCounterGetRequest => BoundedCounterGetResponse,
     "calm.v1.BoundedCounter", "Get", BoundedCounterClient::get);
+data_rpc!(KvPutRequest => KvPutResponse,
+    "calm.v1.Kv", "Put", KvClient::put);
+data_rpc!(KvGetRequest => KvGetResponse,
+    "calm.v1.Kv", "Get", KvClient::get);
+data_rpc!(KvDeleteRequest => KvDeleteResponse,
+    "calm.v1.Kv", "Delete", KvClient::delete);
 
 /// The replica a request is forwarded to.
 pub(crate) struct Target {
@@ -143,6 +150,7 @@ pub(crate) fn target<B: Backend, R>(
         BackendError::Replica(
             ReplicaError::NotReplica { replicas } | ReplicaError::CatchUpTimeout { replicas },
         ) => replicas,
+        BackendError::Kv(KvRefusal::NotOwner { owners }) => owners,
         _ => return None,
     };
     if request.metadata().contains_key(FORWARDED_HEADER) {

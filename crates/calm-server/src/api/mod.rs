@@ -1,5 +1,5 @@
 //! calm's client API: the `calm.v1` gRPC services (Counter, Set, Register,
-//! Map, BoundedCounter, Cluster) over a [`Backend`].
+//! Map, BoundedCounter, Kv, Cluster) over a [`Backend`].
 //!
 //! Protobuf stops here: each service converts its generated request into
 //! one core [`calm_replica::Operation`] and the core's reply back into a
@@ -17,6 +17,7 @@ mod cluster;
 mod counter;
 mod error;
 mod forward;
+mod kv;
 mod map;
 mod register;
 mod set;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use calm_proto::calm::v1::bounded_counter_server::BoundedCounterServer;
 use calm_proto::calm::v1::cluster_server::ClusterServer;
 use calm_proto::calm::v1::counter_server::CounterServer;
+use calm_proto::calm::v1::kv_server::KvServer;
 use calm_proto::calm::v1::map_server::MapServer;
 use calm_proto::calm::v1::register_server::RegisterServer;
 use calm_proto::calm::v1::set_server::SetServer;
@@ -39,7 +41,7 @@ use crate::metrics::Metrics;
 
 pub use forward::{FORWARD_TIMEOUT, FORWARDED_HEADER};
 
-/// The six `calm.v1` services on one router, all over `backend`, counting
+/// The seven `calm.v1` services on one router, all over `backend`, counting
 /// into `metrics`. Other services (etcd's) may be added to the same routes
 /// to share the port.
 pub fn routes<B: Backend>(backend: Arc<B>, metrics: Arc<Metrics>) -> Routes {
@@ -55,6 +57,7 @@ pub fn routes<B: Backend>(backend: Arc<B>, metrics: Arc<Metrics>) -> Routes {
     .add_service(BoundedCounterServer::new(bounded::BoundedService(
         Arc::clone(&api),
     )))
+    .add_service(KvServer::new(kv::KvService(Arc::clone(&api))))
     .add_service(ClusterServer::new(cluster::ClusterService(api)))
 }
 

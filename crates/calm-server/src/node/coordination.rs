@@ -214,6 +214,32 @@ impl Coordination {
         self.addresses = addresses;
     }
 
+    /// The level a data request pays at and the network round trips on its
+    /// critical path, for the coordination tax; `None` for requests that
+    /// are not data (leases, members, maintenance). A write or a ReadIndex
+    /// read costs the leader one round to a quorum of followers; a request
+    /// arriving at a follower adds its forward to the leader and the answer
+    /// coming back. A serializable read is answered here. (Lease-based
+    /// reads on the leader are counted as a ReadIndex round: an upper
+    /// bound.)
+    pub(super) fn tax_of(&self, command: &EtcdCommand) -> Option<(&'static str, u64)> {
+        let round_trips = || {
+            let status = self.keyspace.raft_status();
+            match (status.voters.len(), status.leader == Some(status.id)) {
+                (0 | 1, _) => 0,
+                (_, true) => 1,
+                (_, false) => 2,
+            }
+        };
+        match command {
+            EtcdCommand::Range { request, .. } if request.serializable => Some(("serializable", 0)),
+            EtcdCommand::Write { .. } | EtcdCommand::Range { .. } | EtcdCommand::ReadTxn { .. } => {
+                Some(("linearizable", round_trips()))
+            }
+            _ => None,
+        }
+    }
+
     /// A request from the etcd API.
     pub(super) fn command(&mut self, command: EtcdCommand, now_ms: u64) {
         let serves_locally = matches!(

@@ -2,7 +2,9 @@
 //! the event loop, which proposes it to Raft, reads through ReadIndex, or
 //! answers from the applied state.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use calm_proto::calm::raft::v1::command::Request;
 use calm_proto::etcd::etcdserverpb::{
@@ -45,8 +47,24 @@ impl NodeHandle {
     }
 
     async fn write(&self, request: Request) -> Result<Response, Status> {
-        self.etcd(|reply| EtcdCommand::Write { request, reply })
-            .await
+        let work = self.etcd(|reply| EtcdCommand::Write { request, reply });
+        self.timed("linearizable", work).await
+    }
+
+    /// Runs `work`, recording its latency at `level` for `/status` if it
+    /// succeeds.
+    async fn timed<T>(
+        &self,
+        level: &'static str,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = work.await;
+        if result.is_ok() {
+            let seconds = started.elapsed().as_secs_f64();
+            self.shared.metrics.recent_latencies.record(level, seconds);
+        }
+        result
     }
 }
 
@@ -65,8 +83,12 @@ macro_rules! expect {
 
 impl Coordinated for NodeHandle {
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
-        self.etcd(|reply| EtcdCommand::Range { request, reply })
-            .await
+        let level = match request.serializable {
+            true => "serializable",
+            false => "linearizable",
+        };
+        let work = self.etcd(|reply| EtcdCommand::Range { request, reply });
+        self.timed(level, work).await
     }
 
     async fn put(&self, request: PutRequest) -> Result<PutResponse, Status> {
@@ -87,8 +109,8 @@ impl Coordinated for NodeHandle {
         if calm_raft::txn_writes(&request) {
             expect!(self.write(Request::Txn(request)).await?, Txn)
         } else {
-            self.etcd(|reply| EtcdCommand::ReadTxn { request, reply })
-                .await
+            let work = self.etcd(|reply| EtcdCommand::ReadTxn { request, reply });
+            self.timed("linearizable", work).await
         }
     }
 

@@ -29,9 +29,12 @@ use tokio::time::Instant as TokioInstant;
 use super::anti_entropy::{AeEffects, AeFrame, AntiEntropy};
 use super::coordination::{Coordination, EtcdCommand, NodeAddresses};
 use super::gossip::{Addresses, RingGossip};
+use super::quorum::{Context as KvContext, QuorumLevels};
 use super::{Command, NodeOptions, Shared, StartError, View, meta, millis};
 use crate::backend::{BackendError, MemberInfo, state_label};
-use crate::metrics::{ChannelLabels, Metrics, PeerLabels, ReasonLabels, StateLabels, mirror};
+use crate::metrics::{
+    ChannelLabels, EventLabels, Metrics, PeerLabels, ReasonLabels, StateLabels, mirror,
+};
 
 /// Commands and peer messages taken in one turn beyond the first: enough to
 /// share one sync among many writes, few enough to keep timers on time.
@@ -77,6 +80,10 @@ struct Mirrored {
     bytes_sent: u64,
     bytes_received: u64,
     closed: [u64; 6],
+    kv_hint_events: [u64; 4],
+    kv_hedges: [u64; 2],
+    kv_read_repairs: u64,
+    kv_reaped: u64,
 }
 
 /// Every core of one node and what the loop needs to drive them.
@@ -87,6 +94,8 @@ pub(super) struct Core {
     replica: Replica<DiskEngine, Ring>,
     /// The coordinated keyspace, on a voter.
     coordination: Option<Coordination>,
+    /// The `one`/`quorum`/`all` levels: the KV coordinator and store.
+    quorum: QuorumLevels,
     transport: Transport,
     anti_entropy: AntiEntropy,
     gossip: RingGossip,
@@ -112,6 +121,8 @@ pub(super) struct Core {
     mirrored: Mirrored,
     /// Syncs taken for Raft alone (the replica counts its own).
     raft_syncs: u64,
+    /// Syncs taken for the KV levels alone.
+    kv_syncs: u64,
     /// The coordinated keyspace's applied-state batches of the last turn, written with the
     /// next turn's Raft log in one durable commit (see [`Core::raft_before_sync`]).
     applied_batches: Vec<calm_storage::WriteBatch>,
@@ -142,6 +153,7 @@ impl Core {
             ),
             _ => None,
         };
+        let quorum = QuorumLevels::open(me, options.quorum.clone(), &storage)?;
         let replica = Replica::open(options.replica.clone(), ring, storage)?;
         let identity = Peer {
             node: me,
@@ -163,6 +175,7 @@ impl Core {
             membership,
             replica,
             coordination,
+            quorum,
             transport,
             anti_entropy: AntiEntropy::new(ANTI_ENTROPY_SESSION_TIMEOUT_MS),
             gossip,
@@ -183,6 +196,7 @@ impl Core {
             metrics,
             mirrored: Mirrored::default(),
             raft_syncs: 0,
+            kv_syncs: 0,
             applied_batches: Vec::new(),
             stopping: None,
             options,
@@ -286,11 +300,23 @@ impl Core {
                 self.next_request += 1;
                 let id = RequestId(self.next_request);
                 self.pending.insert(id, reply);
+                // The local level answers from this replica: no round trip.
+                self.metrics.coordinated("local", 0);
                 self.writes_this_turn += 1;
                 let request = Request { id, key, op, token };
                 self.replica.submit(request, self.clock.now_ms());
             }
             Command::Etcd(command) => self.etcd(command),
+            Command::Kv(command) => {
+                if !self.shared.ready.load(Ordering::Relaxed) {
+                    let _ = command.reply.send(Err(BackendError::Unavailable(
+                        "the node has not joined the ring yet",
+                    )));
+                    return;
+                }
+                self.writes_this_turn += 1;
+                self.kv(|quorum, cx| quorum.command(command, cx));
+            }
             Command::Shutdown { done } => self.stopping = Some(done),
         }
     }
@@ -313,6 +339,9 @@ impl Core {
             },
             Channel::AntiEntropy => self.anti_entropy_frame(message.from, &message.bytes),
             Channel::Ring => self.ring_gossip(message.from, &message.bytes),
+            Channel::Kv => self
+                .kv(|quorum, cx| quorum.inbound(message.from, &message.bytes, cx))
+                .map_err(|e| e.to_string()),
             Channel::Raft => {
                 let now = self.now_ms();
                 match &mut self.coordination {
@@ -346,10 +375,12 @@ impl Core {
                     let mut effects = AeEffects::default();
                     self.anti_entropy.expire(now, &mut effects);
                     self.carry_out(effects);
+                    self.kv(|quorum, cx| quorum.tick(cx));
                     self.arm(TICK_MS, Due::Tick);
                 }
                 Due::Gossip => {
                     self.gossip_round();
+                    self.kv(|quorum, cx| quorum.maintain(cx));
                     self.mirror_metrics();
                     self.publish();
                     self.arm(GOSSIP_MS, Due::Gossip);
@@ -393,6 +424,8 @@ impl Core {
         }
         self.replica.tick(self.clock.now_ms());
         self.route_replica_outputs();
+        self.kv_commit();
+        self.mirror_syncs();
         self.ship_repairs();
         if raft_synced {
             self.raft_after_sync();
@@ -512,9 +545,69 @@ impl Core {
             ));
             return;
         };
+        if let Some((level, round_trips)) = coordination.tax_of(&command) {
+            self.metrics.coordinated(level, round_trips);
+        }
         coordination.command(command, now);
         self.writes_this_turn += 1;
         self.send_raft();
+    }
+
+    /// The KV levels' part of the commit: the store's batch of this turn in
+    /// a durable commit of its own, then the held replies and the stamped
+    /// writes leave. (Turns that carry both Raft and KV writes pay two
+    /// commits; the two levels rarely share a turn's traffic.)
+    fn kv_commit(&mut self) {
+        let batches = self.quorum.take_batches();
+        if !batches.is_empty() {
+            let storage = self.replica.storage();
+            let began = Instant::now();
+            if let Err(error) = in_place(|| storage.write_synced(&batches)) {
+                // Nothing held may leave now: stop serving, and let a
+                // restart reload the durable state.
+                tracing::error!(%error, "could not write the KV store");
+                self.stop_serving();
+                self.quorum.shut_down();
+                return;
+            }
+            self.metrics
+                .fsync_duration
+                .observe(began.elapsed().as_secs_f64());
+            self.kv_syncs += 1;
+        }
+        self.kv(|quorum, cx| quorum.after_sync(cx));
+    }
+
+    /// Runs `step` on the KV levels with the node's state, then sends the
+    /// frames it produced.
+    fn kv<R>(&mut self, step: impl FnOnce(&mut QuorumLevels, &KvContext<'_>) -> R) -> R {
+        let me = self.me;
+        let states = &self.states;
+        let is_down = |node: NodeId| {
+            node != me
+                && matches!(
+                    states.get(&node),
+                    Some(MemberState::Down | MemberState::Left)
+                )
+        };
+        let cx = KvContext {
+            metrics: &self.metrics,
+            storage: self.replica.storage(),
+            ring: self.replica.placement(),
+            is_down: &is_down,
+            now_ms: self.started.elapsed().as_millis() as u64,
+            wall_ms: self.clock.now_ms(),
+        };
+        let result = step(&mut self.quorum, &cx);
+        let sessions = self.quorum.ended_sessions();
+        self.record_sessions(sessions);
+        for (to, frame) in self.quorum.outbox() {
+            match self.peer_addr(to) {
+                Some(addr) => self.send(to, addr, Channel::Kv, frame),
+                None => self.drop_message("unknown_peer"),
+            }
+        }
+        result
     }
 
     /// Ships the states anti-entropy found differing, now that the turn's
@@ -546,6 +639,7 @@ impl Core {
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(BackendError::Unavailable("the node is shutting down")));
         }
+        self.quorum.shut_down();
         if let Some(coordination) = &mut self.coordination {
             coordination.shut_down();
         }
@@ -743,6 +837,7 @@ impl Core {
             return;
         };
         let ranges = shared_ranges(self.replica.placement(), n, self.me, peer);
+        self.kv(|quorum, cx| quorum.anti_entropy_round(peer, ranges.clone(), cx));
         self.anti_entropy.start_round(peer, ranges);
         let mut effects = AeEffects::default();
         let replica = &self.replica;
@@ -781,7 +876,11 @@ impl Core {
         // States ship after this turn's sync (see `commit`): a state must be
         // durable before it leaves, and the replica refuses unsynced ones.
         self.repairs.extend(effects.ship);
-        for ended in effects.ended {
+        self.record_sessions(effects.ended);
+    }
+
+    fn record_sessions(&mut self, sessions: Vec<super::anti_entropy::Ended>) {
+        for ended in sessions {
             self.metrics.anti_entropy_bytes.inc_by(ended.bytes);
             self.metrics
                 .anti_entropy_ranges_compared
@@ -896,11 +995,17 @@ impl Core {
         }
     }
 
+    /// Mirrors the turn's syncs at once rather than once per gossip period:
+    /// `calm bench` divides their growth over a run by its operations.
+    fn mirror_syncs(&mut self) {
+        let syncs = self.replica.stats().syncs + self.raft_syncs + self.kv_syncs;
+        self.mirrored.syncs = mirror(&self.metrics.fsyncs, self.mirrored.syncs, syncs);
+    }
+
     fn mirror_metrics(&mut self) {
         let stats = self.replica.stats().clone();
         let m = &self.metrics;
         let seen = &mut self.mirrored;
-        seen.syncs = mirror(&m.fsyncs, seen.syncs, stats.syncs + self.raft_syncs);
         seen.deltas_dropped = mirror(&m.deltas_dropped, seen.deltas_dropped, stats.deltas_dropped);
         seen.deltas_refused = mirror(&m.deltas_refused, seen.deltas_refused, stats.deltas_refused);
         seen.clock_rejections = mirror(
@@ -967,6 +1072,40 @@ impl Core {
         for (state, count) in counts {
             m.members.get_or_create(&StateLabels { state }).set(count);
         }
+        self.mirror_kv_metrics();
+    }
+
+    fn mirror_kv_metrics(&mut self) {
+        let store = self.quorum.store_stats().clone();
+        let coordinator = self.quorum.coordinator_stats().clone();
+        let m = &self.metrics;
+        let seen = &mut self.mirrored;
+        m.kv_hints.set(store.hints as i64);
+        m.kv_hint_bytes.set(store.hint_bytes as i64);
+        let hint_events = [
+            ("stored", store.hints_stored),
+            ("refused", store.hints_refused),
+            ("delivered", store.hints_delivered),
+            ("expired", store.hints_expired),
+        ];
+        for (i, (event, count)) in hint_events.into_iter().enumerate() {
+            let counter = m.kv_hint_events.get_or_create(&EventLabels { event });
+            seen.kv_hint_events[i] = mirror(&counter, seen.kv_hint_events[i], count);
+        }
+        let hedges = [
+            ("sent", coordinator.hedges_sent),
+            ("won", coordinator.hedges_won),
+        ];
+        for (i, (event, count)) in hedges.into_iter().enumerate() {
+            let counter = m.kv_hedges.get_or_create(&EventLabels { event });
+            seen.kv_hedges[i] = mirror(&counter, seen.kv_hedges[i], count);
+        }
+        seen.kv_read_repairs = mirror(
+            &m.kv_read_repairs,
+            seen.kv_read_repairs,
+            coordinator.read_repairs,
+        );
+        seen.kv_reaped = mirror(&m.kv_tombstones_reaped, seen.kv_reaped, store.reaped);
     }
 
     // ---- Helpers ----
@@ -1027,5 +1166,6 @@ fn channel_label(channel: Channel) -> &'static str {
         Channel::Raft => "raft",
         Channel::AntiEntropy => "anti_entropy",
         Channel::Ring => "ring",
+        Channel::Kv => "kv",
     }
 }

@@ -12,6 +12,7 @@ mod etcd;
 mod event_loop;
 pub mod gossip;
 mod meta;
+mod quorum;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,11 +27,12 @@ use calm_transport::{BindError, Transport, TransportConfig};
 use calm_types::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{Backend, BackendError, MemberInfo, NodeStatus};
+use crate::backend::{Backend, BackendError, KvAnswer, KvCall, MemberInfo, NodeStatus};
 use crate::metrics::Metrics;
 
 pub use coordination::CoordinationOptions;
 pub use meta::{NODE_ID_MAX, node_identity};
+pub use quorum::QuorumOptions;
 
 /// Commands waiting for the loop; beyond it, callers wait (backpressure).
 const COMMAND_QUEUE_MAX: usize = 4096;
@@ -67,6 +69,8 @@ pub struct NodeOptions {
     /// The coordinated keyspace (Raft, etcd API); `None` runs without it.
     /// A node serves it only if it is one of the voters.
     pub coordination: Option<CoordinationOptions>,
+    /// The `one`/`quorum`/`all` levels' keyspace settings.
+    pub quorum: QuorumOptions,
 }
 
 /// Why a node could not start.
@@ -102,6 +106,7 @@ enum Command {
         reply: oneshot::Sender<Result<Ack, BackendError>>,
     },
     Etcd(coordination::EtcdCommand),
+    Kv(quorum::KvCommand),
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -126,6 +131,8 @@ struct Shared {
     key_bytes_max: u64,
     payload_bytes_max: u64,
     ready: AtomicBool,
+    /// The node's metrics, for the coordination tax `/status` reports.
+    metrics: Arc<Metrics>,
     /// A std Mutex, not a tokio one: it is held only to copy the view in or
     /// out, never across an await.
     view: Mutex<View>,
@@ -168,6 +175,7 @@ pub async fn start(
         key_bytes_max: options.replica.key_bytes_max as u64,
         payload_bytes_max: options.replica.payload_bytes_max as u64,
         ready: AtomicBool::new(false),
+        metrics: Arc::clone(&metrics),
         view: Mutex::new(View::default()),
     });
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
@@ -229,6 +237,18 @@ impl Backend for NodeHandle {
             .map_err(|_| BackendError::Unavailable("the node stopped before answering"))?
     }
 
+    async fn kv(&self, call: KvCall) -> Result<KvAnswer, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Kv(quorum::KvCommand { call, reply });
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| BackendError::Unavailable("the node is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| BackendError::Unavailable("the node stopped before answering"))?
+    }
+
     fn node(&self) -> NodeId {
         self.shared.node
     }
@@ -259,6 +279,9 @@ impl Backend for NodeHandle {
             key_bytes_max: self.shared.key_bytes_max,
             payload_bytes_max: self.shared.payload_bytes_max,
             members: view.members,
+            tax: self.shared.metrics.tax(),
+            fsyncs: self.shared.metrics.fsyncs.get(),
+            messages_sent: self.shared.metrics.messages_sent(),
         }
     }
 }

@@ -75,6 +75,9 @@ impl Backend for FakeBackend {
             key_bytes_max: 1024,
             payload_bytes_max: 65536,
             members: self.members(),
+            tax: Vec::new(),
+            fsyncs: 0,
+            messages_sent: Default::default(),
         }
     }
 }

@@ -112,6 +112,9 @@ impl Backend for ReplicaBackend {
             key_bytes_max: 1024,
             payload_bytes_max: 65536,
             members: self.members.clone(),
+            tax: Vec::new(),
+            fsyncs: 0,
+            messages_sent: Default::default(),
         }
     }
 }

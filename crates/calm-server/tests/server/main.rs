@@ -5,4 +5,5 @@
 mod admin;
 mod api;
 mod etcd;
+mod kv;
 mod node;

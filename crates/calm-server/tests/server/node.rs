@@ -12,11 +12,11 @@ use calm_replica::{Operation, ReplicaConfig, ReplicaError, Value};
 use calm_ring::RingConfig;
 use calm_server::backend::{Backend, BackendError};
 use calm_server::metrics::Metrics;
-use calm_server::node::{NodeHandle, NodeOptions, node_identity, start};
+use calm_server::node::{NodeHandle, NodeOptions, QuorumOptions, node_identity, start};
 use calm_storage::{DiskEngine, Limits};
 use calm_types::NodeId;
 
-fn options(node: u64, seeds: Vec<SocketAddr>, peer_listen: SocketAddr) -> NodeOptions {
+pub(crate) fn options(node: u64, seeds: Vec<SocketAddr>, peer_listen: SocketAddr) -> NodeOptions {
     NodeOptions {
         node: NodeId(node),
         cluster: "test".to_string(),
@@ -39,11 +39,12 @@ fn options(node: u64, seeds: Vec<SocketAddr>, peer_listen: SocketAddr) -> NodeOp
         anti_entropy_interval_ms: 300,
         sync_max_delay_ms: 0,
         coordination: None,
+        quorum: QuorumOptions::default(),
         shutdown_grace_ms: 1_000,
     }
 }
 
-async fn boot(
+pub(crate) async fn boot(
     dir: &Path,
     node: u64,
     seeds: Vec<SocketAddr>,
@@ -52,7 +53,7 @@ async fn boot(
     boot_with(dir, node, seeds, peer_listen, Arc::new(Metrics::new())).await
 }
 
-async fn boot_with(
+pub(crate) async fn boot_with(
     dir: &Path,
     node: u64,
     seeds: Vec<SocketAddr>,
@@ -67,12 +68,12 @@ async fn boot_with(
         .unwrap()
 }
 
-fn any_port() -> SocketAddr {
+pub(crate) fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// Polls `check` every 50 ms for up to 20 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..400 {
         if check().await {
             return;
@@ -82,7 +83,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-fn sees_all_alive(node: &NodeHandle, count: usize) -> bool {
+pub(crate) fn sees_all_alive(node: &NodeHandle, count: usize) -> bool {
     let members = node.members();
     node.is_ready()
         && members.len() == count
@@ -91,7 +92,7 @@ fn sees_all_alive(node: &NodeHandle, count: usize) -> bool {
             .all(|m| m.state == MemberState::Alive && m.ownership > 0.0)
 }
 
-async fn three_nodes(dir: &Path) -> Vec<NodeHandle> {
+pub(crate) async fn three_nodes(dir: &Path) -> Vec<NodeHandle> {
     let first = boot(dir, 1, vec![], any_port()).await;
     let seed = first.peer_addr();
     let second = boot(dir, 2, vec![seed], any_port()).await;
@@ -229,7 +230,7 @@ async fn reads_carrying_the_last_token_never_go_back_in_time_across_nodes() {
 
 /// The value of the sample named `series` (name and labels) in a text
 /// exposition; 0 if absent.
-fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.parse().ok())

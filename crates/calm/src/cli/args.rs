@@ -101,6 +101,10 @@ pub enum ClientCommand {
     /// Bounded counters: never below zero, decrements spend a node's rights.
     #[command(subcommand, name = "bcounter")]
     BoundedCounter(BoundedCounterCommand),
+    /// Plain values replicated without a leader at one, quorum or all, with
+    /// siblings and causal contexts.
+    #[command(subcommand)]
+    Kv(KvCommand),
     /// Lists the cluster's members as the answering node sees them.
     Members,
     /// Shows the status of every endpoint.
@@ -327,4 +331,95 @@ mod tests {
         assert!(positive_u64("0").is_err());
         assert!(positive_u64("-1").is_err());
     }
+}
+
+/// `--level` of the `kv` commands: how many of the key's replicas answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvLevelArg {
+    /// One replica.
+    One,
+    /// A majority of the key's N replicas.
+    Quorum,
+    /// All N replicas.
+    All,
+}
+
+impl From<KvLevelArg> for Level {
+    fn from(level: KvLevelArg) -> Level {
+        match level {
+            KvLevelArg::One => Level::One,
+            KvLevelArg::Quorum => Level::Quorum,
+            KvLevelArg::All => Level::All,
+        }
+    }
+}
+
+/// The flags every `kv` command takes.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct KvFlags {
+    /// How many replicas must answer [default: quorum].
+    #[arg(long = "level", value_enum)]
+    pub level: Option<KvLevelArg>,
+    /// Replicas of the key for this request [default: the node's --replication-factor].
+    #[arg(long)]
+    pub n: Option<u32>,
+    /// Replies a read waits for [default: the level's].
+    #[arg(long)]
+    pub r: Option<u32>,
+    /// Acks a write waits for [default: the level's].
+    #[arg(long)]
+    pub w: Option<u32>,
+}
+
+/// `calm kv ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum KvCommand {
+    /// Writes a value; without --context it is a blind write, kept beside
+    /// whatever is there as a sibling.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The context (hex) a `kv get` printed: supersedes exactly the
+        /// siblings that read returned.
+        #[arg(long, value_parser = parse_hex)]
+        context: Option<Vec<u8>>,
+        #[command(flatten)]
+        flags: KvFlags,
+    },
+    /// Prints every sibling (`<deleted>` for a concurrent delete) and the
+    /// context to write back with.
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        flags: KvFlags,
+    },
+    /// Deletes: writes a tombstone superseding what --context saw.
+    Del {
+        /// The key.
+        key: String,
+        /// The context (hex) a `kv get` printed; without it the delete is
+        /// concurrent with every value, which stays as a sibling.
+        #[arg(long, value_parser = parse_hex)]
+        context: Option<Vec<u8>>,
+        #[command(flatten)]
+        flags: KvFlags,
+    },
+}
+
+/// Parses lower- or upper-case hex, as `kv get` prints contexts.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) {
+        return Err("hex needs an even number of digits".to_owned());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| {
+            text.get(at..at + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("{:?} is not hex", text.get(at..at + 2).unwrap_or(text)))
+        })
+        .collect()
 }

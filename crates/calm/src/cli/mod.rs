@@ -7,6 +7,7 @@
 //! detail when there is one, and exits with status 1.
 
 pub(crate) mod args;
+mod kv;
 mod output;
 
 use std::process::ExitCode;
@@ -109,6 +110,7 @@ async fn execute(
         ClientCommand::Register(command) => register(client, format, command).await?,
         ClientCommand::Map(command) => map(client, format, command).await?,
         ClientCommand::BoundedCounter(command) => bounded(client, format, command).await?,
+        ClientCommand::Kv(command) => kv::run(client, format, command).await?,
         ClientCommand::Members => output::members(format, &client.members().await?),
         ClientCommand::Status => return Ok(status(client, format).await),
     };
