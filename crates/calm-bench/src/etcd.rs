@@ -358,9 +358,13 @@ pub(crate) async fn measure(
             workload.revoke_all().await;
             measured
         }
-        WorkloadName::CounterIncr | WorkloadName::CounterGet => Err(BenchError::InvalidPlan(
-            format!("{} is not an etcd workload", args.workload.name()),
-        )),
+        WorkloadName::CounterIncr
+        | WorkloadName::CounterGet
+        | WorkloadName::KvPut
+        | WorkloadName::KvGet => Err(BenchError::InvalidPlan(format!(
+            "{} is not an etcd workload",
+            args.workload.name()
+        ))),
     }
 }
 

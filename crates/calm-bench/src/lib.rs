@@ -90,6 +90,7 @@ mod keys;
 mod plot;
 mod progress;
 mod report;
+mod tax;
 mod usl;
 mod workload;
 
@@ -118,12 +119,17 @@ pub use progress::progress_bar;
 pub use report::{
     ErrorCount, Labels, LatencySummary, Report, format_latency, render_json, render_table,
 };
+pub use tax::{
+    NodeCounters, Snapshot, TAX_RUNS, Tax, TaxArgs, TaxReport, channel_of, render_tax_table,
+    run_tax, snapshot, tax, tax_runs,
+};
 pub use usl::{
     FORMATION_TIMEOUT, FitError, MODEL, POINTS_MAX, POINTS_MIN, Point, STEPS_MAX, UslArgs, UslFit,
     UslReport, UslStep, fit, points, render_usl_table, run_usl, usl_node_sweep, usl_sweep,
 };
 pub use workload::{
-    CounterOperation, CounterWorkload, Done, OpError, Pool, Workload, WorkloadName, key_name,
+    CounterOperation, CounterWorkload, Done, KvWorkload, OpError, Pool, Workload, WorkloadName,
+    key_name,
 };
 
 /// The bound on opening one connection; a shorter request timeout wins.
@@ -194,6 +200,9 @@ pub async fn bench(
 ) -> Result<Report, BenchError> {
     let plan = args.plan()?;
     let connect_timeout = target.request_timeout.min(CONNECT_TIMEOUT);
+    // The nodes' counters before and after the run give its coordination
+    // tax; an etcd endpoint has none.
+    let before = tax::snapshot(&target.endpoints, connect_timeout).await;
     let mut labels = Labels {
         workload: args.workload.name().to_owned(),
         level: target.level.name().to_owned(),
@@ -215,13 +224,28 @@ pub async fn bench(
             ..ClientConfig::default()
         };
         let pool = Pool::connect(&target.endpoints, &config)?;
-        let operation = match args.workload {
-            WorkloadName::CounterGet => CounterOperation::Get,
-            // Only the counter workloads get here.
-            _ => CounterOperation::Increment,
-        };
-        let workload = CounterWorkload::new(pool, operation);
-        drive(Arc::new(workload), &plan, progress).await?
+        match args.workload {
+            WorkloadName::KvPut | WorkloadName::KvGet => {
+                let put = (args.workload == WorkloadName::KvPut).then_some(args.value_bytes);
+                drive(Arc::new(KvWorkload::new(pool, put)), &plan, progress).await?
+            }
+            WorkloadName::CounterGet => {
+                let workload = CounterWorkload::new(pool, CounterOperation::Get);
+                drive(Arc::new(workload), &plan, progress).await?
+            }
+            // Only calm's own workloads get here.
+            _ => {
+                let workload = CounterWorkload::new(pool, CounterOperation::Increment);
+                drive(Arc::new(workload), &plan, progress).await?
+            }
+        }
     };
-    Ok(Report::new(labels, &plan, &measurement))
+    let mut report = Report::new(labels, &plan, &measurement);
+    if let (Some(before), Some(after)) = (
+        before,
+        tax::snapshot(&target.endpoints, connect_timeout).await,
+    ) {
+        report.tax = tax::tax(&before, &after, &report.level);
+    }
+    Ok(report)
 }

@@ -2,9 +2,8 @@
 //! counts, rendered as a boxed table ([`render_table`]) or one line of
 //! JSON ([`render_json`]).
 //!
-//! Adding a figure (messages, round trips or fsyncs per operation) is a
-//! field on [`Report`], which JSON picks up by itself, and one entry in
-//! `COLUMNS` for the table.
+//! Adding a figure is a field on [`Report`], which JSON picks up by itself,
+//! and one entry in `COLUMNS` for the table.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -14,6 +13,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::driver::{Load, Measurement, Plan, Stop};
+use crate::tax::Tax;
 
 /// The outcome of one bench run, for people (table) and programs (JSON).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -68,6 +68,10 @@ pub struct Report {
     /// Successful operations the workload labelled, by label (`etcd-txn`
     /// counts `compare-failed`); part of `ops`, not of `errors`.
     pub outcomes: BTreeMap<String, u64>,
+    /// The coordination tax per operation, from the nodes' own counters
+    /// (see [`crate::tax`]); `None` against etcd, or when a node did not
+    /// report.
+    pub tax: Option<Tax>,
 }
 
 /// How often one gRPC code came back, and what the first one said.
@@ -174,6 +178,7 @@ impl Report {
                 .iter()
                 .map(|(label, count)| ((*label).to_owned(), *count))
                 .collect(),
+            tax: None,
         }
     }
 }
@@ -190,7 +195,7 @@ fn per_second(ops: u64, elapsed: Duration) -> f64 {
 type Column = (&'static str, fn(&Report) -> String);
 
 /// The table's columns, in order.
-const COLUMNS: [Column; 11] = [
+const COLUMNS: [Column; 14] = [
     ("WORKLOAD", |r| r.workload.clone()),
     ("LEVEL", |r| r.level.clone()),
     ("CLIENTS", |r| r.clients.to_string()),
@@ -202,7 +207,17 @@ const COLUMNS: [Column; 11] = [
     ("P99.9", |r| latency_cell(r, r.latency.p999_us)),
     ("MAX", |r| latency_cell(r, r.latency.max_us)),
     ("ERRORS", |r| r.errors.to_string()),
+    ("MSGS/OP", |r| tax_cell(r, |tax| tax.msgs_per_op)),
+    ("RTTS/OP", |r| tax_cell(r, |tax| tax.rtts_per_op)),
+    ("FSYNCS/OP", |r| tax_cell(r, |tax| tax.fsyncs_per_op)),
 ];
+
+fn tax_cell(report: &Report, figure: fn(&Tax) -> f64) -> String {
+    report
+        .tax
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |tax| format!("{:.2}", figure(tax)))
+}
 
 fn latency_cell(report: &Report, us: f64) -> String {
     if report.latency.samples == 0 {
@@ -351,6 +366,12 @@ mod tests {
                 },
             )]),
             outcomes: BTreeMap::new(),
+            tax: Some(Tax {
+                requests: 1_000,
+                msgs_per_op: 4.0,
+                rtts_per_op: 1.0,
+                fsyncs_per_op: 0.25,
+            }),
         }
     }
 
@@ -368,12 +389,12 @@ mod tests {
         assert_eq!(
             lines[1],
             "| WORKLOAD     | LEVEL | CLIENTS | OPS  | OPS/S | P50   | P90   | P99    | P99.9   \
-             | MAX    | ERRORS |"
+             | MAX    | ERRORS | MSGS/OP | RTTS/OP | FSYNCS/OP |"
         );
         assert_eq!(
             lines[3],
             "| counter-incr | local | 16      | 1000 | 50    | 412µs | 900µs | 3.14ms | 12.00ms \
-             | 1.250s | 3      |"
+             | 1.250s | 3      | 4.00    | 1.00    | 0.25      |"
         );
         assert_eq!(lines[0], lines[2]);
         assert_eq!(lines[0], lines[4]);
@@ -399,15 +420,16 @@ mod tests {
     }
 
     #[test]
-    fn a_run_without_successes_shows_dashes_for_latency() {
+    fn a_run_without_successes_shows_dashes_for_latency_and_tax() {
         let mut empty = report();
+        empty.tax = None;
         empty.latency = LatencySummary::from_nanos(
             &Histogram::new_with_bounds(1, 1_000, 3).expect("valid bounds"),
         );
         assert_eq!(empty.latency.samples, 0);
         let table = render_table(&[empty]);
         let row = table.lines().nth(3).expect("a row");
-        assert_eq!(row.matches("| -").count(), 5, "{row}");
+        assert_eq!(row.matches("| -").count(), 8, "{row}");
     }
 
     #[test]

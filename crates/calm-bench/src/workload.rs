@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calm_client::{Client, ClientConfig, ClientError, Code};
+use calm_client::{Client, ClientConfig, ClientError, Code, KvOptions};
 
 /// One kind of operation, sent over and over by the drivers.
 ///
@@ -93,6 +93,13 @@ pub enum WorkloadName {
     CounterIncr,
     /// `Counter.Get` of the chosen key.
     CounterGet,
+    /// `Kv.Put` of a `--value-bytes` value to the chosen key at `--level`
+    /// one, quorum or all, with the context of the key's last write, so
+    /// siblings stay bounded by the clients writing it at once.
+    KvPut,
+    /// `Kv.Get` of the chosen key at `--level` (run `kv-put` first for
+    /// keys with values; absent keys are read too).
+    KvGet,
     /// etcd `KV.Put` of a `--value-bytes` value to the chosen key.
     EtcdPut,
     /// etcd `KV.Range` of the chosen key, linearizable or serializable by
@@ -117,6 +124,8 @@ impl WorkloadName {
         match self {
             WorkloadName::CounterIncr => "counter-incr",
             WorkloadName::CounterGet => "counter-get",
+            WorkloadName::KvPut => "kv-put",
+            WorkloadName::KvGet => "kv-get",
             WorkloadName::EtcdPut => "etcd-put",
             WorkloadName::EtcdRange => "etcd-range",
             WorkloadName::EtcdTxn => "etcd-txn",
@@ -127,7 +136,13 @@ impl WorkloadName {
 
     /// Whether the workload speaks etcd's API (and ignores `--level`).
     pub fn is_etcd(self) -> bool {
-        !matches!(self, WorkloadName::CounterIncr | WorkloadName::CounterGet)
+        !matches!(
+            self,
+            WorkloadName::CounterIncr
+                | WorkloadName::CounterGet
+                | WorkloadName::KvPut
+                | WorkloadName::KvGet
+        )
     }
 }
 
@@ -212,6 +227,53 @@ impl Workload for CounterWorkload {
             CounterOperation::Increment => client.counter_increment(&key, 1).await.map(drop)?,
             CounterOperation::Get => client.counter_get(&key).await.map(drop)?,
         }
+        Ok(Done::default())
+    }
+}
+
+/// The `Kv` operations: a put carrying the context of the key's last
+/// write (shared by the bench clients), or a get.
+#[derive(Debug)]
+pub struct KvWorkload {
+    pool: Pool,
+    put: Option<Vec<u8>>,
+    /// The context each key's last write returned. A std Mutex, not a
+    /// tokio one: it is held only to copy a context in or out.
+    contexts: std::sync::Mutex<std::collections::HashMap<u64, Vec<u8>>>,
+}
+
+impl KvWorkload {
+    /// Puts of `value_bytes`-long values (`Some`), or gets (`None`),
+    /// through `pool`.
+    pub fn new(pool: Pool, put_value_bytes: Option<usize>) -> KvWorkload {
+        KvWorkload {
+            pool,
+            put: put_value_bytes.map(|bytes| vec![b'v'; bytes]),
+            contexts: std::sync::Mutex::default(),
+        }
+    }
+
+    fn contexts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Vec<u8>>> {
+        self.contexts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Workload for KvWorkload {
+    async fn operate(&self, client: usize, key: u64) -> Result<Done, OpError> {
+        let client = self.pool.client(client);
+        let name = key_name("kv", key);
+        let Some(value) = &self.put else {
+            client.kv_get(&name, &KvOptions::default()).await?;
+            return Ok(Done::default());
+        };
+        let options = KvOptions {
+            context: self.contexts().get(&key).cloned().unwrap_or_default(),
+            ..KvOptions::default()
+        };
+        let written = client.kv_put(&name, value, &options).await?;
+        self.contexts().insert(key, written.context);
         Ok(Done::default())
     }
 }

@@ -331,6 +331,7 @@ async fn the_json_report_has_every_field() {
         "errors",
         "errors_by_code",
         "outcomes",
+        "tax",
     ]);
     assert_eq!(fields, expected);
     let latency: BTreeSet<&str> = json["latency"]
