@@ -69,6 +69,7 @@ mod anti_entropy;
 mod bounded;
 mod check;
 mod config;
+pub mod kv;
 mod ledger;
 pub mod linearizability;
 pub mod raft;

@@ -15,6 +15,8 @@ use calm_types::NodeId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "sim/kv.rs"]
+mod kv;
 #[path = "sim/raft.rs"]
 mod raft;
 
