@@ -257,6 +257,33 @@ mod tests {
     }
 
     #[test]
+    fn kv_commands_take_a_hex_context_and_the_global_level() {
+        use cli::args::{HexBytes, KvCommand};
+        let cli = parse(&[
+            "--level",
+            "all",
+            "kv",
+            "put",
+            "k",
+            "v",
+            "--context",
+            "01ab",
+            "--w",
+            "2",
+        ])
+        .expect("a valid kv put");
+        assert_eq!(cli.global.level, LevelArg::All);
+        let Command::Client(ClientCommand::Kv(KvCommand::Put { context, flags, .. })) = cli.command
+        else {
+            panic!("a kv put");
+        };
+        assert_eq!(context, Some(HexBytes(vec![0x01, 0xab])));
+        assert_eq!(flags.w, Some(2));
+        assert!(parse(&["kv", "del", "k", "--context", "0g"]).is_err());
+        assert!(parse(&["kv", "get", "k"]).is_ok());
+    }
+
+    #[test]
     fn bench_runs_once_or_sweeps_with_usl() {
         let cli = parsed(&["bench", "--workload", "counter-get", "--clients", "8"]);
         let Command::Bench(BenchCommand {

@@ -333,33 +333,11 @@ mod tests {
     }
 }
 
-/// `--level` of the `kv` commands: how many of the key's replicas answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum KvLevelArg {
-    /// One replica.
-    One,
-    /// A majority of the key's N replicas.
-    Quorum,
-    /// All N replicas.
-    All,
-}
-
-impl From<KvLevelArg> for Level {
-    fn from(level: KvLevelArg) -> Level {
-        match level {
-            KvLevelArg::One => Level::One,
-            KvLevelArg::Quorum => Level::Quorum,
-            KvLevelArg::All => Level::All,
-        }
-    }
-}
-
-/// The flags every `kv` command takes.
+/// The flags every `kv` command takes besides the global `--level`, which
+/// says how many replicas answer: `one`, `quorum` or `all` (the global
+/// default, `local`, means `quorum` here; `linearizable` is refused).
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct KvFlags {
-    /// How many replicas must answer [default: quorum].
-    #[arg(long = "level", value_enum)]
-    pub level: Option<KvLevelArg>,
     /// Replicas of the key for this request [default: the node's --replication-factor].
     #[arg(long)]
     pub n: Option<u32>,
@@ -384,7 +362,7 @@ pub enum KvCommand {
         /// The context (hex) a `kv get` printed: supersedes exactly the
         /// siblings that read returned.
         #[arg(long, value_parser = parse_hex)]
-        context: Option<Vec<u8>>,
+        context: Option<HexBytes>,
         #[command(flatten)]
         flags: KvFlags,
     },
@@ -403,14 +381,18 @@ pub enum KvCommand {
         /// The context (hex) a `kv get` printed; without it the delete is
         /// concurrent with every value, which stays as a sibling.
         #[arg(long, value_parser = parse_hex)]
-        context: Option<Vec<u8>>,
+        context: Option<HexBytes>,
         #[command(flatten)]
         flags: KvFlags,
     },
 }
 
+/// Bytes given on the command line in hex (a `kv` context).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HexBytes(pub Vec<u8>);
+
 /// Parses lower- or upper-case hex, as `kv get` prints contexts.
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+pub fn parse_hex(text: &str) -> Result<HexBytes, String> {
     if !text.len().is_multiple_of(2) {
         return Err("hex needs an even number of digits".to_owned());
     }
@@ -421,5 +403,6 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
                 .and_then(|pair| u8::from_str_radix(pair, 16).ok())
                 .ok_or_else(|| format!("{:?} is not hex", text.get(at..at + 2).unwrap_or(text)))
         })
-        .collect()
+        .collect::<Result<Vec<u8>, String>>()
+        .map(HexBytes)
 }

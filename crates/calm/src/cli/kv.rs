@@ -10,7 +10,7 @@ use calm_client::{Client, KvOptions, KvValue, KvWritten};
 use serde_json::json;
 
 use super::CliError;
-use super::args::{KvCommand, KvFlags};
+use super::args::{HexBytes, KvCommand, KvFlags};
 use super::output::{Format, escape_bytes};
 
 /// Runs one `kv` command.
@@ -44,10 +44,11 @@ pub(super) async fn run(
     })
 }
 
-fn options(flags: &KvFlags, context: Option<Vec<u8>>) -> KvOptions {
+fn options(flags: &KvFlags, context: Option<HexBytes>) -> KvOptions {
     KvOptions {
-        level: flags.level.map(Into::into),
-        context: context.unwrap_or_default(),
+        // The client's level (the global `--level`) applies.
+        level: None,
+        context: context.map(|hex| hex.0).unwrap_or_default(),
         n: flags.n,
         r: flags.r,
         w: flags.w,
@@ -152,8 +153,8 @@ mod tests {
     #[test]
     fn a_printed_context_parses_back_to_the_same_bytes() {
         let context = vec![0x00, 0x7f, 0xff, 0x10];
-        assert_eq!(parse_hex(&hex(&context)), Ok(context));
-        assert_eq!(parse_hex("ABcd"), Ok(vec![0xab, 0xcd]));
+        assert_eq!(parse_hex(&hex(&context)), Ok(HexBytes(context)));
+        assert_eq!(parse_hex("ABcd"), Ok(HexBytes(vec![0xab, 0xcd])));
         assert!(parse_hex("abc").is_err());
         assert!(parse_hex("zz").is_err());
     }

@@ -5,6 +5,7 @@
 mod cli;
 mod forward;
 mod harness;
+mod kv;
 mod linearizable;
 mod watch;
 
