@@ -1,7 +1,9 @@
 //! Anti-entropy benchmarks: the transfer of one session between two replicas
 //! of 1,000,000 keys (16-byte keys, 100-byte values) that differ in 100, as
 //! a printed figure checked against the design target (at most 1% of the
-//! data), then criterion timings of building a tree, a session and an
+//! data), the same figure for the KV levels' objects (trees built from
+//! the store's digests, the differing keys shipped as the store's state
+//! transfers), then criterion timings of building a tree, a session and an
 //! incremental update.
 //!
 //! Run with `cargo bench -p calm-replica --bench anti_entropy`.
@@ -9,7 +11,13 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use calm_replica::{AntiEntropyConfig, AntiEntropySession, KeyRange, MerkleTree, ValueDigest};
+use std::collections::BTreeMap;
+
+use calm_replica::kv::{KvLimits, KvObject, store};
+use calm_replica::{
+    AntiEntropyConfig, AntiEntropySession, KeyRange, MerkleTree, Outcome, ValueDigest,
+};
+use calm_types::NodeId;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -63,6 +71,12 @@ fn diverged(keys: u64, differing: u64) -> (MerkleTree, MerkleTree) {
 
 /// One full session; returns (bytes of messages, states to ship).
 fn session(a: &mut MerkleTree, b: &mut MerkleTree) -> (u64, usize) {
+    let (bytes, outcome) = session_outcome(a, b);
+    (bytes, outcome.send.len() + outcome.receive.len())
+}
+
+/// One full session; returns (bytes of messages, the initiator's outcome).
+fn session_outcome(a: &mut MerkleTree, b: &mut MerkleTree) -> (u64, Outcome) {
     let config = AntiEntropyConfig::default();
     let mut initiator = AntiEntropySession::initiator(config).expect("default config is valid");
     let mut responder = AntiEntropySession::responder(config).expect("default config is valid");
@@ -81,8 +95,7 @@ fn session(a: &mut MerkleTree, b: &mut MerkleTree) -> (u64, usize) {
         }
     }
     let outcome = initiator.outcome().expect("the session finished");
-    let states = outcome.send.len() + outcome.receive.len();
-    (initiator.bytes_exchanged(), states)
+    (initiator.bytes_exchanged(), outcome)
 }
 
 /// The design target's figure, printed once: bytes exchanged vs full data.
@@ -108,8 +121,109 @@ fn print_transfer_figure() {
     assert!(ratio <= 0.01, "anti-entropy transfer above 1% of the data");
 }
 
+/// Version `version` of `key`'s KV object: `version + 1` writes by one
+/// node, each with the previous one's context, so one 100-byte sibling.
+fn kv_object(key: &[u8], version: u8) -> KvObject {
+    let limits = KvLimits::default();
+    let mut object = KvObject::new();
+    for v in 0..=version {
+        let mut value = vec![v; VALUE_BYTES];
+        value[..key.len()].copy_from_slice(key);
+        let context = object.get(key).context;
+        object
+            .put(key, &context, NodeId(1), value, &limits)
+            .expect("a small write");
+    }
+    object
+}
+
+fn kv_digest(key: &[u8], version: u8) -> ValueDigest {
+    ValueDigest(store::digest(&kv_object(key, version)))
+}
+
+/// What one side holds of `key` besides version 0: `Some(None)` absent.
+type Overrides = BTreeMap<Vec<u8>, Option<u8>>;
+
+/// A state transfer of `key` from a side with `overrides`: the key and the
+/// encoded object, as `KvStore::state_transfer` ships it.
+fn kv_transfer_bytes(overrides: &Overrides, key: &[u8]) -> u64 {
+    match overrides.get(key) {
+        Some(None) => 0,
+        Some(Some(version)) => (key.len() + kv_object(key, *version).encode().len()) as u64,
+        None => (key.len() + kv_object(key, 0).encode().len()) as u64,
+    }
+}
+
+/// The design target's figure for the KV levels: two stores' trees built
+/// from object digests, differing in `DIFFERING` keys as in `diverged`.
+fn print_kv_transfer_figure() {
+    let started = Instant::now();
+    let mut a = MerkleTree::with_expected_keys(KeyRange::FULL, KEYS);
+    let mut b = MerkleTree::with_expected_keys(KeyRange::FULL, KEYS);
+    let mut full = 0u64;
+    for i in 0..KEYS {
+        let key = key_of(i);
+        let object = kv_object(&key, 0);
+        full += (key.len() + object.encode().len()) as u64;
+        let digest = ValueDigest(store::digest(&object));
+        for tree in [&mut a, &mut b] {
+            tree.upsert(&key, digest)
+                .expect("the full range covers every key");
+        }
+    }
+    let (mut only_a, mut only_b) = (Overrides::new(), Overrides::new());
+    let mut rng = StdRng::seed_from_u64(7);
+    for n in 0..DIFFERING {
+        let key = key_of(rng.random_range(0..KEYS));
+        let result = match n % 3 {
+            0 => {
+                only_b.insert(key.to_vec(), Some(1));
+                b.upsert(&key, kv_digest(&key, 1))
+            }
+            1 => {
+                only_b.insert(key.to_vec(), None);
+                b.remove(&key)
+            }
+            _ => {
+                let key = key_of(KEYS + n);
+                only_b.insert(key.to_vec(), None);
+                only_a.insert(key.to_vec(), Some(2));
+                a.upsert(&key, kv_digest(&key, 2))
+            }
+        };
+        result.expect("the full range covers every key");
+    }
+    let build_s = started.elapsed().as_secs_f64();
+    let (message_bytes, outcome) = session_outcome(&mut a, &mut b);
+    let shipped: u64 = outcome
+        .send
+        .iter()
+        .map(|key| kv_transfer_bytes(&only_a, key))
+        .chain(
+            outcome
+                .receive
+                .iter()
+                .map(|key| kv_transfer_bytes(&only_b, key)),
+        )
+        .sum();
+    let states = outcome.send.len() + outcome.receive.len();
+    let exchanged = message_bytes + shipped;
+    let ratio = exchanged as f64 / full as f64;
+    println!(
+        "anti-entropy, {KEYS} KV objects ({full} B with keys) differing in {DIFFERING}: \
+         messages {message_bytes} B + {states} state transfers {shipped} B = {exchanged} B \
+         = {:.4}% (target ≤ 1%); building both trees {build_s:.2} s",
+        ratio * 100.0
+    );
+    assert!(
+        ratio <= 0.01,
+        "KV anti-entropy transfer above 1% of the data"
+    );
+}
+
 fn benches(c: &mut Criterion) {
     print_transfer_figure();
+    print_kv_transfer_figure();
     let mut group = c.benchmark_group("anti_entropy");
     group.sample_size(10);
     group.bench_function("build_tree_100k_keys", |bench| {

@@ -12,8 +12,14 @@
 //!    [`step`](KvStore::step) a handoff ack, [`tick`](KvStore::tick),
 //!    [`handoff`](KvStore::handoff) to owners seen up again;
 //! 2. takes [`take_batches`](KvStore::take_batches), writes them and syncs
-//!    (one durable commit), then calls [`synced`](KvStore::synced);
+//!    (one durable commit), then calls [`synced`](KvStore::synced): every
+//!    turn, even when nothing was queued, since a `Fetched` answer waits
+//!    for it too;
 //! 3. sends [`take_outputs`](KvStore::take_outputs).
+//!
+//! If the write or the sync fails, the driver drops the store, sends none
+//! of its outputs, and [`open`](KvStore::open)s it again once the engine is
+//! reopened: the indexes and held replies describe writes that may be lost.
 //!
 //! Every reply is held until the sync after the writes it answers for: a
 //! `Stored` ack only once the object is durable, and a `Fetched` answer only
@@ -53,7 +59,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use calm_storage::{KeyRange, Keyspace, Order, Storage, StorageError, WriteBatch};
+use calm_storage::{KeyRange, Keyspace, Limits, Order, Storage, StorageError, WriteBatch};
 use calm_types::NodeId;
 use calm_types::codec::{self, DecodeError};
 use serde::{Deserialize, Serialize};
@@ -70,11 +76,6 @@ pub const HINTS: Keyspace = Keyspace::new("kv_hints");
 
 /// Entries read per page when the store loads.
 const LOAD_PAGE_ENTRIES: usize = 1024;
-/// The most bytes one batch of [`KvStore::take_batches`] carries; a turn's
-/// writes are cut into several below the store's batch bound.
-const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// The most operations one such batch carries.
-const BATCH_OPS_MAX: usize = 100_000;
 
 /// The store's bounds and clocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +233,10 @@ struct HintEntry {
 #[derive(Debug)]
 pub struct KvStore {
     config: KvStoreConfig,
+    /// The engine's bounds, read at open: a turn's writes are cut into
+    /// batches within its operation and byte bounds, since a burst (hints
+    /// expiring together, a flood of stores) can exceed one batch.
+    storage_limits: Limits,
     /// Every key's digest, as visible (synced or not).
     digests: BTreeMap<Bytes, u64>,
     /// Keys whose object is only tombstones, with the time it became so.
@@ -268,6 +273,7 @@ impl KvStore {
         );
         let mut store = Self {
             config,
+            storage_limits: *storage.limits(),
             digests: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             hints: BTreeMap::new(),
@@ -503,7 +509,7 @@ impl KvStore {
         self.hint_overlay.clear();
         self.generation += 1;
         let batch = std::mem::take(&mut self.batch);
-        split(batch)
+        split(batch, &self.storage_limits)
     }
 
     /// The batches last taken are durable: their replies are released.
@@ -846,9 +852,10 @@ fn scan_all<S: Storage>(
     }
 }
 
-/// Cuts `batch` into batches of at most [`BATCH_OPS_MAX`] operations and
-/// about [`BATCH_BYTES_MAX`] bytes, in order.
-fn split(batch: WriteBatch) -> Vec<WriteBatch> {
+/// Cuts `batch` into batches within the engine's operation and byte
+/// bounds, in order. One operation is never beyond them: keys and objects
+/// are bounded well below the engine's value bound.
+fn split(batch: WriteBatch, limits: &Limits) -> Vec<WriteBatch> {
     if batch.is_empty() {
         return Vec::new();
     }
@@ -858,7 +865,8 @@ fn split(batch: WriteBatch) -> Vec<WriteBatch> {
         // Invariant: `batches` starts with one batch and only grows.
         let size = op.payload_bytes();
         let current = batches.last_mut().expect("never empty");
-        if !current.is_empty() && (current.len() >= BATCH_OPS_MAX || bytes + size > BATCH_BYTES_MAX)
+        if !current.is_empty()
+            && (current.len() >= limits.batch_ops_max || bytes + size > limits.batch_bytes_max)
         {
             batches.push(WriteBatch::new());
             bytes = 0;
