@@ -48,6 +48,10 @@ pub struct DevCommand {
     /// How often each node runs an anti-entropy round, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     anti_entropy_interval_ms: u64,
+    /// More `calm node` flags for every node, after `--` (for example
+    /// `calm dev -- --hedged-reads false`).
+    #[arg(last = true, value_name = "NODE_FLAGS")]
+    node_flags: Vec<String>,
 }
 
 /// One child node.
@@ -105,7 +109,7 @@ async fn dev(command: DevCommand) -> Result<(), String> {
             [client, peer, admin],
             (index > 0).then_some(seed),
             replication_factor,
-            command.anti_entropy_interval_ms,
+            &command,
             &voters,
         );
         match spawned {
@@ -163,7 +167,7 @@ fn spawn_node(
     [client, peer, admin]: [SocketAddr; 3],
     seed: Option<SocketAddr>,
     replication_factor: usize,
-    anti_entropy_interval_ms: u64,
+    dev: &DevCommand,
     voters: &str,
 ) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the calm binary: {e}"))?;
@@ -187,8 +191,9 @@ fn spawn_node(
         .args(["--raft-voters", voters])
         .args([
             "--anti-entropy-interval-ms",
-            &anti_entropy_interval_ms.to_string(),
+            &dev.anti_entropy_interval_ms.to_string(),
         ])
+        .args(&dev.node_flags)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
