@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{CALM, Cluster, signal};
 
 /// Runs `calm --endpoints ENDPOINTS ARGS...`; returns (success, stdout, stderr).
-fn calm(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn calm(endpoints: &str, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(CALM)
         .args(["--endpoints", endpoints])
         .args(args)
@@ -22,7 +22,7 @@ fn calm(endpoints: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn ok(endpoints: &str, args: &[&str]) -> String {
+pub(crate) fn ok(endpoints: &str, args: &[&str]) -> String {
     let (success, stdout, stderr) = calm(endpoints, args);
     assert!(success, "calm {args:?} failed: {stderr}");
     stdout

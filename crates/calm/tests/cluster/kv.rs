@@ -2,33 +2,12 @@
 //! runs it, and acknowledged writes that survive a partition and a kill -9.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use calm_client::{Client, KvOptions, Level};
 
-use crate::harness::{CALM, Cluster, eventually};
-
-/// Runs `calm --endpoints ENDPOINTS ARGS...`; returns (success, stdout, stderr).
-fn calm(endpoints: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(CALM)
-        .args(["--endpoints", endpoints])
-        .args(args)
-        .env_remove("CALM_ENDPOINTS")
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-        String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    )
-}
-
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let (success, stdout, stderr) = calm(endpoints, args);
-    assert!(success, "calm {args:?} failed: {stderr}");
-    stdout
-}
+use crate::cli::{calm, ok};
+use crate::harness::{Cluster, eventually};
 
 /// The context line of a `kv get` or `kv put`.
 fn context(output: &str) -> String {
