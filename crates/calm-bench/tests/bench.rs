@@ -22,6 +22,9 @@ use tonic::{Request, Response, Status};
 // The etcd workloads' tests, in this one test binary.
 #[path = "bench/etcd.rs"]
 mod etcd;
+// The `kv-*` workloads' tests, against a fake `Kv` service.
+#[path = "bench/kv.rs"]
+mod kv;
 // `calm bench usl` against a server that scales as a known USL curve.
 #[path = "bench/usl.rs"]
 mod usl;

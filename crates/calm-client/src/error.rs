@@ -400,6 +400,72 @@ mod tests {
         assert_eq!(text.as_deref(), Some("needs 5 rights, node 2 holds 3"));
     }
 
+    /// `detail` packed as a server packs it decodes to `expected`, which
+    /// prints as `text`.
+    fn check(detail: pb::error_detail::Detail, expected: ErrorDetail, text: &str) {
+        let detail = pb::ErrorDetail {
+            detail: Some(detail),
+        };
+        let bytes = packed("type.googleapis.com/calm.v1.ErrorDetail", &detail);
+        let decoded = decode_detail(&bytes);
+        assert_eq!(decoded.as_ref(), Some(&expected));
+        assert_eq!(expected.to_string(), text);
+    }
+
+    #[test]
+    fn the_kv_details_decode_into_their_variants() {
+        use pb::error_detail::Detail;
+        check(
+            Detail::TooManySiblings(pb::TooManySiblings {
+                siblings: 9,
+                siblings_max: 8,
+            }),
+            ErrorDetail::TooManySiblings {
+                siblings: 9,
+                siblings_max: 8,
+            },
+            "9 siblings would exceed the bound of 8; write with a read's context to resolve them",
+        );
+        check(
+            Detail::QuorumUnavailable(pb::QuorumUnavailable { needed: 2, up: 1 }),
+            ErrorDetail::QuorumUnavailable { needed: 2, up: 1 },
+            "1 usable replicas are up, 2 needed",
+        );
+        check(
+            Detail::WriteInDoubt(pb::WriteInDoubt { acks: 1, needed: 3 }),
+            ErrorDetail::WriteInDoubt { acks: 1, needed: 3 },
+            "write in doubt: 1 of 3 acks",
+        );
+    }
+
+    #[test]
+    fn a_kv_quorum_shortfall_is_retryable_and_a_write_in_doubt_is_not() {
+        let status = |code, detail| ClientError::Status {
+            endpoint: "a:1".to_owned(),
+            code,
+            message: "kv".to_owned(),
+            detail: Some(detail),
+        };
+        let unavailable = status(
+            Code::Unavailable,
+            ErrorDetail::QuorumUnavailable { needed: 2, up: 1 },
+        );
+        assert!(unavailable.is_retryable() && !unavailable.is_in_doubt());
+        let in_doubt = status(
+            Code::DeadlineExceeded,
+            ErrorDetail::WriteInDoubt { acks: 1, needed: 2 },
+        );
+        assert!(!in_doubt.is_retryable() && in_doubt.is_in_doubt());
+        let siblings = status(
+            Code::FailedPrecondition,
+            ErrorDetail::TooManySiblings {
+                siblings: 5,
+                siblings_max: 4,
+            },
+        );
+        assert!(!siblings.is_retryable() && !siblings.is_in_doubt());
+    }
+
     #[test]
     fn details_that_are_absent_foreign_or_garbled_read_as_none() {
         assert_eq!(decode_detail(&[]), None);

@@ -8,7 +8,7 @@
 //! writes and never goes back in time on a key, whichever node answers.
 //!
 //! ```no_run
-//! use calm_client::{Client, ClientError, ErrorDetail, MapUpdate, RegisterKind};
+//! use calm_client::{Client, ClientError, ErrorDetail, KvLevel, KvOptions, MapUpdate, RegisterKind};
 //!
 //! # async fn tour() -> Result<(), ClientError> {
 //! // Connections open lazily; this only checks the endpoints' syntax.
@@ -43,6 +43,17 @@
 //!     },
 //! }
 //!
+//! // Plain values at one, quorum or all replicas, without a leader. Two
+//! // blind writes are concurrent and both stay, as siblings; a write
+//! // carrying a read's context supersedes exactly what that read saw.
+//! let quorum = KvOptions::at(KvLevel::Quorum);
+//! client.kv_put("colour", "blue", &quorum).await?;
+//! let read = client.kv_get("colour", &quorum).await?;
+//! if read.siblings.len() > 1 {
+//!     let resolved = quorum.clone().with_context(read.context);
+//!     client.kv_put("colour", "teal", &resolved).await?;
+//! }
+//!
 //! // The cluster, as the answering node sees it.
 //! for member in client.members().await? {
 //!     println!("{} {} {}", member.node_id, member.address, member.state);
@@ -69,7 +80,7 @@ pub use error::{ClientError, ErrorDetail, code_name};
 pub use tokens::CausalToken;
 pub use tonic::Code;
 pub use types::{
-    BoundedCounterValue, KvOptions, KvValue, KvWritten, Level, MapCounter, MapRegister, MapSet,
-    MapUpdate, MapValue, Member, MemberState, NodeRights, NodeStatus, ObjectKind, RegisterKind,
-    RegisterValue, Reply,
+    BoundedCounterValue, KvLevel, KvOptions, KvValue, KvWritten, Level, MapCounter, MapRegister,
+    MapSet, MapUpdate, MapValue, Member, MemberState, NodeRights, NodeStatus, ObjectKind,
+    ParseKvLevelError, RegisterKind, RegisterValue, Reply,
 };

@@ -432,7 +432,12 @@ impl Client {
 
     /// Writes `value` to `key`, superseding what `options.context` saw (a
     /// blind write without one). Not idempotent (a replay adds a sibling):
-    /// it fails over only on `UNAVAILABLE`, when nothing changed.
+    /// it fails over only on `UNAVAILABLE`, when nothing changed. A
+    /// `DEADLINE_EXCEEDED` ([`ErrorDetail::WriteInDoubt`], or the call's
+    /// own timeout) leaves the write in doubt: some replicas may hold it,
+    /// so read the key before writing it again.
+    ///
+    /// [`ErrorDetail::WriteInDoubt`]: crate::ErrorDetail::WriteInDoubt
     pub async fn kv_put(
         &self,
         key: impl AsRef<[u8]>,
@@ -493,14 +498,16 @@ impl Client {
         })
     }
 
-    /// The level a `Kv` request carries: the options', else the client's
-    /// when it is a `Kv` level, else unspecified (the server's `quorum`).
+    /// The level a `Kv` request carries: the options', else the client's.
+    /// The client's default, `local`, is no `Kv` level: it leaves the
+    /// level unspecified, which the server serves as `quorum`. Any other
+    /// level is sent as it is, so a `linearizable` client is refused
+    /// (`UNIMPLEMENTED`) rather than silently served at another level.
     fn kv_level(&self, options: &KvOptions) -> i32 {
-        let configured = Level::from_proto(self.level());
-        match options.level.or(configured) {
-            Some(level @ (Level::One | Level::Quorum | Level::All)) => level.to_proto().into(),
-            Some(other) if options.level.is_some() => other.to_proto().into(),
-            _ => pb::Level::Unspecified.into(),
+        match (options.level, self.config().level) {
+            (Some(level), _) => Level::from(level).to_proto().into(),
+            (None, Level::Local) => pb::Level::Unspecified.into(),
+            (None, configured) => configured.to_proto().into(),
         }
     }
 }

@@ -440,13 +440,74 @@ impl NodeStatus {
     }
 }
 
+/// The levels the `Kv` service serves: how many of a key's N replicas a
+/// request waits for. A type of its own, not [`Level`], so a `Kv` request
+/// cannot name `local` or `linearizable`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvLevel {
+    /// R = W = 1: the first replica's answer.
+    One,
+    /// R = W = N / 2 + 1: a majority, so a read overlaps every write.
+    Quorum,
+    /// R = W = N: every replica.
+    All,
+}
+
+impl KvLevel {
+    /// Every `Kv` level, cheapest first.
+    pub const ALL: [KvLevel; 3] = [KvLevel::One, KvLevel::Quorum, KvLevel::All];
+
+    /// The level's lower-case name, as the CLI spells it (`quorum`).
+    pub fn name(self) -> &'static str {
+        Level::from(self).name()
+    }
+}
+
+impl From<KvLevel> for Level {
+    fn from(level: KvLevel) -> Level {
+        match level {
+            KvLevel::One => Level::One,
+            KvLevel::Quorum => Level::Quorum,
+            KvLevel::All => Level::All,
+        }
+    }
+}
+
+impl fmt::Display for KvLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvLevel {
+    type Err = ParseKvLevelError;
+
+    /// Parses `one`, `quorum` or `all`, exactly as [`KvLevel::name`]
+    /// spells them.
+    fn from_str(text: &str) -> Result<KvLevel, ParseKvLevelError> {
+        KvLevel::ALL
+            .into_iter()
+            .find(|level| level.name() == text)
+            .ok_or_else(|| ParseKvLevelError(text.to_owned()))
+    }
+}
+
+/// A name that is not a [`KvLevel`]; it holds the name as given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown Kv level {0:?}: expected one, quorum or all")]
+pub struct ParseKvLevelError(pub String);
+
 /// How a `Kv` request is served: its level and its causal context, and
 /// overrides of the keyspace's N, R and W.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvOptions {
-    /// `One`, `Quorum` or `All`; `None` uses the client's level when it is
-    /// one of those, and the server's default (`quorum`) otherwise.
-    pub level: Option<Level>,
+    /// `None` uses the client's level ([`ClientConfig::level`]) when it is
+    /// `one`, `quorum` or `all`, and the server's default (`quorum`) when
+    /// it is `local`; a client configured `linearizable` sends that, and
+    /// the server refuses it with `UNIMPLEMENTED`.
+    ///
+    /// [`ClientConfig::level`]: crate::ClientConfig::level
+    pub level: Option<KvLevel>,
     /// The context of the read a write follows; empty for a blind write.
     pub context: Vec<u8>,
     /// Replicas of the key for this request.
@@ -458,6 +519,29 @@ pub struct KvOptions {
 }
 
 impl KvOptions {
+    /// The options of a blind write, or a read, at `level`.
+    pub fn at(level: KvLevel) -> KvOptions {
+        KvOptions {
+            level: Some(level),
+            ..KvOptions::default()
+        }
+    }
+
+    /// These options, carrying `context` (a read's or a write's) so the
+    /// write supersedes exactly the siblings it covers.
+    pub fn with_context(mut self, context: impl Into<Vec<u8>>) -> KvOptions {
+        self.context = context.into();
+        self
+    }
+
+    /// These options, overriding the keyspace's N, R and W for this
+    /// request (`None` keeps the keyspace's N and the level's R or W).
+    pub fn with_quorum(mut self, n: Option<u32>, r: Option<u32>, w: Option<u32>) -> KvOptions {
+        (self.n, self.r, self.w) = (n, r, w);
+        self
+    }
+
+    /// The API's overrides; absent when none is set.
     pub(crate) fn quorum(&self) -> Option<pb::KvQuorum> {
         if self.n.is_none() && self.r.is_none() && self.w.is_none() {
             return None;
@@ -513,4 +597,54 @@ pub(crate) fn siblings(siblings: Vec<pb::KvSibling>) -> Vec<Option<Vec<u8>>> {
         .into_iter()
         .map(|sibling| (!sibling.tombstone).then_some(sibling.value))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_levels_parse_as_the_cli_spells_them_and_nothing_else() {
+        for level in KvLevel::ALL {
+            assert_eq!(level.name().parse::<KvLevel>(), Ok(level));
+            assert_eq!(level.to_string(), level.name());
+        }
+        for refused in ["local", "linearizable", "Quorum", "", "two"] {
+            let error = refused.parse::<KvLevel>().unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("unknown Kv level {refused:?}: expected one, quorum or all")
+            );
+        }
+    }
+
+    #[test]
+    fn kv_options_send_overrides_only_when_one_is_set() {
+        assert_eq!(KvOptions::default().quorum(), None);
+        let options = KvOptions::at(KvLevel::All).with_quorum(Some(5), None, Some(4));
+        assert_eq!(
+            options.quorum(),
+            Some(pb::KvQuorum { n: 5, r: 0, w: 4 }),
+            "zero asks for the keyspace's or the level's value"
+        );
+        let options = options.with_context(vec![7]);
+        assert_eq!(
+            (options.level, options.context),
+            (Some(KvLevel::All), vec![7])
+        );
+    }
+
+    #[test]
+    fn a_tombstone_sibling_reads_as_none_and_an_empty_value_as_some() {
+        let sibling = |value: &[u8], tombstone| pb::KvSibling {
+            value: value.to_vec(),
+            tombstone,
+        };
+        let read = siblings(vec![
+            sibling(b"a", false),
+            sibling(b"", true),
+            sibling(b"", false),
+        ]);
+        assert_eq!(read, [Some(b"a".to_vec()), None, Some(Vec::new())]);
+    }
 }

@@ -151,6 +151,28 @@ mod tests {
     }
 
     #[test]
+    fn bytes_that_are_not_text_print_escaped_and_an_absent_key_prints_only_its_context() {
+        let binary = KvValue {
+            siblings: vec![Some(vec![0xff, b'o', b'k', 0x00])],
+            context: Vec::new(),
+            replies: 3,
+            node_id: 1,
+        };
+        assert_eq!(
+            read(Format::Table, "k", &binary),
+            "\\xffok\\x00\ncontext: \n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&read(Format::Json, "k", &binary)).unwrap();
+        assert_eq!(json["siblings"][0]["value"], "\\xffok\\x00");
+        let absent = KvValue {
+            siblings: Vec::new(),
+            ..value()
+        };
+        assert_eq!(read(Format::Table, "k", &absent), "context: 01ab\n");
+    }
+
+    #[test]
     fn a_printed_context_parses_back_to_the_same_bytes() {
         let context = vec![0x00, 0x7f, 0xff, 0x10];
         assert_eq!(parse_hex(&hex(&context)), Ok(HexBytes(context)));

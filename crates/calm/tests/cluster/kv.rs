@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use calm_client::{Client, KvOptions, Level};
+use calm_client::{Client, Code, ErrorDetail, KvLevel, KvOptions, MemberState};
 
 use crate::cli::{calm, ok};
 use crate::harness::{Cluster, eventually};
@@ -46,18 +46,35 @@ async fn calm_kv_shows_siblings_resolves_them_with_a_context_and_deletes() {
     let json: serde_json::Value =
         serde_json::from_str(&ok(&all, &["-w", "json", "kv", "get", "colour"])).unwrap();
     assert_eq!(json["siblings"][0]["value"], "teal");
+    assert_eq!(json["siblings"][0]["tombstone"], false);
     assert_eq!(json["siblings"].as_array().map(Vec::len), Some(1));
     assert_eq!(json["replies"], 2);
-    // A delete with the context leaves only its tombstone.
-    ok(&all, &["kv", "del", "colour", "--context", &context(&read)]);
+    // A delete with the JSON's context leaves only its tombstone.
+    let json_context = json["context"].as_str().expect("a context string");
+    ok(&all, &["kv", "del", "colour", "--context", json_context]);
     let read = ok(&all, &["kv", "get", "colour", "--level", "all"]);
     assert_eq!(read.lines().next(), Some("<deleted>"), "{read}");
 
     // Bad input: a clear error, and nothing is written.
     let (success, _, stderr) = calm(&all, &["kv", "put", "k", "v", "--level", "twice"]);
     assert!(!success && stderr.contains("twice"), "{stderr}");
-    // (An oversized value cannot go through argv; the server-side bound is
-    // tested in calm-server. An oversized key can.)
+    // A level the Kv service does not serve is refused, not served as
+    // another.
+    let (success, _, stderr) = calm(&all, &["--level", "linearizable", "kv", "put", "k", "v"]);
+    assert!(
+        !success && stderr.contains("not offered") && stderr.contains("UNIMPLEMENTED"),
+        "{stderr}"
+    );
+    // An oversized value cannot go through argv (Linux caps one argument
+    // at 128 KiB, the bound is 1 MiB), so the client sends it.
+    let oversized = vec![b'v'; (1 << 20) + 1];
+    let refused = cluster
+        .client(0)
+        .kv_put("k", &oversized, &KvOptions::default())
+        .await
+        .expect_err("a value beyond 1 MiB is refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    assert!(refused.to_string().contains("exceeds"), "{refused}");
     let huge = "k".repeat(2048);
     let (success, _, stderr) = calm(&all, &["kv", "put", &huge, "v"]);
     assert!(!success && stderr.contains("exceeds"), "{stderr}");
@@ -80,26 +97,54 @@ async fn quorum_writes_acknowledged_through_a_partition_and_a_kill_survive_the_h
     // acknowledged must be readable at level all after the heal.
     let mut cluster = Cluster::start(3).await;
     let writer = cluster.client(0);
-    let options = KvOptions {
-        level: Some(Level::Quorum),
-        ..KvOptions::default()
-    };
+    let options = KvOptions::at(KvLevel::Quorum);
     let mut acknowledged = BTreeMap::new();
+    let mut refused = Vec::new();
     cluster.links.partition(&[3], &[1, 2]);
-    write(&writer, &options, 0..20, &mut acknowledged).await;
+    write(&writer, &options, 0..20, &mut acknowledged, &mut refused).await;
     cluster.kill(1);
-    write(&writer, &options, 20..25, &mut acknowledged).await;
-    cluster.spawn(1);
-    let restarted = cluster.client(1);
+    // Once node 1 has declared both others dead it cannot make W = 2, and
+    // says so before writing anything: `quorum_unavailable`.
+    let both_dead = eventually(Duration::from_secs(30), async || {
+        writer.members().await.is_ok_and(|members| {
+            members
+                .iter()
+                .filter(|m| m.node_id != 1)
+                .all(|m| m.state == MemberState::Dead)
+        })
+    })
+    .await;
     assert!(
-        eventually(Duration::from_secs(30), async || restarted
-            .status()
-            .await
-            .is_ok())
-        .await,
-        "node 2 serves again"
+        both_dead,
+        "node 1 sees nodes 2 and 3 dead\n{}",
+        cluster.logs()
     );
-    write(&writer, &options, 25..45, &mut acknowledged).await;
+    for i in 20..25 {
+        let key = format!("survivor-{i}");
+        let error = writer
+            .kv_put(&key, "refused", &options)
+            .await
+            .expect_err("one replica up cannot acknowledge W = 2");
+        assert_eq!(
+            error.detail(),
+            Some(&ErrorDetail::QuorumUnavailable { needed: 2, up: 1 }),
+            "{error}"
+        );
+        assert!(error.is_retryable(), "{error}");
+        refused.push(key);
+    }
+    cluster.spawn(1);
+    // Writes resume once node 1 sees node 2 back (node 3 is still cut off).
+    let back = eventually(Duration::from_secs(30), async || {
+        writer.members().await.is_ok_and(|members| {
+            members
+                .iter()
+                .any(|m| m.node_id == 2 && m.state == MemberState::Alive)
+        })
+    })
+    .await;
+    assert!(back, "node 1 sees node 2 again\n{}", cluster.logs());
+    write(&writer, &options, 25..45, &mut acknowledged, &mut refused).await;
     cluster.links.heal();
     assert!(
         acknowledged.len() >= 30,
@@ -107,10 +152,7 @@ async fn quorum_writes_acknowledged_through_a_partition_and_a_kill_survive_the_h
         acknowledged.len()
     );
     let reader = cluster.client(2);
-    let all = KvOptions {
-        level: Some(Level::All),
-        ..KvOptions::default()
-    };
+    let all = KvOptions::at(KvLevel::All);
     for (key, value) in &acknowledged {
         let seen = eventually(Duration::from_secs(30), async || {
             reader
@@ -125,20 +167,37 @@ async fn quorum_writes_acknowledged_through_a_partition_and_a_kill_survive_the_h
             cluster.logs()
         );
     }
+    // calm.proto: a write refused for want of replicas changed nothing.
+    for key in &refused {
+        let read = reader.kv_get(key, &all).await.expect("every replica is up");
+        assert_eq!(
+            read.siblings,
+            [] as [Option<Vec<u8>>; 0],
+            "refused {key} was written"
+        );
+    }
 }
 
 /// Puts `survivor-i = value-i` for each `i` in `range`, recording the
-/// acknowledged ones.
+/// acknowledged keys and the refused ones (`UNAVAILABLE`); a write
+/// in doubt is recorded in neither, as a later read may or may not see it.
 async fn write(
     writer: &Client,
     options: &KvOptions,
     range: std::ops::Range<u32>,
     acknowledged: &mut BTreeMap<String, String>,
+    refused: &mut Vec<String>,
 ) {
     for i in range {
         let (key, value) = (format!("survivor-{i}"), format!("value-{i}"));
-        if writer.kv_put(&key, &value, options).await.is_ok() {
-            acknowledged.insert(key, value);
+        match writer.kv_put(&key, &value, options).await {
+            Ok(_) => {
+                acknowledged.insert(key, value);
+            }
+            // UNAVAILABLE changed nothing (calm.proto's error table),
+            // with or without the `quorum_unavailable` detail.
+            Err(error) if error.is_retryable() => refused.push(key),
+            Err(error) => assert!(error.is_in_doubt(), "{key}: {error}"),
         }
     }
 }
