@@ -76,6 +76,35 @@ pub enum ReplicaError {
         /// The config field of the bound.
         bound: &'static str,
     },
+    /// Retryable: fewer of the key's replicas are up than the level needs
+    /// (`w` for a write, `r` for a read). Nothing changed.
+    #[error("{up} of the key's replicas are up, {needed} needed")]
+    Unavailable {
+        /// `r` or `w`.
+        needed: usize,
+        /// The key's replicas not known to be down, this one included.
+        up: usize,
+    },
+    /// Fewer than `w` replicas acknowledged the write in time. The write is
+    /// in doubt: `acks` replicas hold it durably (this one included), and
+    /// it keeps spreading to the others; do not retry a non-idempotent
+    /// write blindly.
+    #[error("write in doubt: {acks} of the {needed} acks needed")]
+    WriteInDoubt {
+        /// Replicas that hold the write durably.
+        acks: usize,
+        /// `w`.
+        needed: usize,
+    },
+    /// Retryable: fewer than `r` replicas answered a read in time. Nothing
+    /// changed.
+    #[error("read timed out with {replies} of the {needed} replies needed")]
+    ReadTimeout {
+        /// Replies received, this replica's included.
+        replies: usize,
+        /// `r`.
+        needed: usize,
+    },
     /// The storage engine failed. The write is in doubt (it may or may not
     /// survive a restart), and the replica refuses everything until it is
     /// reopened from storage.
@@ -96,6 +125,8 @@ impl ReplicaError {
             ReplicaError::NotReplica { .. }
                 | ReplicaError::CatchUpTimeout { .. }
                 | ReplicaError::Overloaded { .. }
+                | ReplicaError::Unavailable { .. }
+                | ReplicaError::ReadTimeout { .. }
         )
     }
 }

@@ -81,7 +81,8 @@ mod replica;
 mod token;
 pub use error::{ReplicaError, StepError};
 pub use message::{
-    DeltaBatch, KeyDelta, MESSAGE_KEY_BYTES_MAX, MESSAGE_KEYS_MAX, Message, StateTransfer,
+    DeltaBatch, Fetch, Fetched, KeyDelta, MESSAGE_KEY_BYTES_MAX, MESSAGE_KEYS_MAX, Message,
+    Replicate, Replicated, StateTransfer,
 };
 pub use object::{Bytes, MapObject, MapValue, Object, ObjectError, ObjectKind, Operation, Value};
 pub use replica::{

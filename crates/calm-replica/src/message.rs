@@ -1,6 +1,8 @@
-//! The peer messages of the `local` level: batches of deltas, and whole
-//! states for repair. Both travel through the versioned codec and are
-//! validated after decoding, so garbage is a typed error, never a panic.
+//! The peer messages of the CRDT replicas: batches of deltas and whole
+//! states for repair (the `local` level), and the acknowledged writes and
+//! state reads a request at `one`/`quorum`/`all` waits on. All travel
+//! through the versioned codec and are validated after decoding, so
+//! garbage is a typed error, never a panic.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,68 @@ pub enum Message {
     Deltas(DeltaBatch),
     /// A key's whole state and the writes it holds, for anti-entropy repair.
     State(Box<StateTransfer>),
+    /// A coordinator's synced write, to be held durably and acknowledged
+    /// with [`Message::Replicated`] after the receiver's next sync.
+    Replicate(Box<Replicate>),
+    /// The receiver of a [`Message::Replicate`] holds the write durably.
+    Replicated(Replicated),
+    /// A coordinator's read: the receiver answers with its synced state of
+    /// the key in a [`Message::Fetched`].
+    Fetch(Fetch),
+    /// The answer to a [`Message::Fetch`].
+    Fetched(Box<Fetched>),
+}
+
+/// A write a coordinator asks a replica to hold durably before it
+/// acknowledges the client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Replicate {
+    /// The coordinator's HLC reading.
+    pub clock: HlcTimestamp,
+    /// The coordinator's name for the request: an HLC reading of its own,
+    /// so no two requests of one node share it, across restarts too.
+    pub request: HlcTimestamp,
+    /// The write, numbered by its origin, the coordinator.
+    pub delta: KeyDelta,
+}
+
+/// The acknowledgement of a [`Replicate`], sent after the sync that made
+/// the write durable at `from`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicated {
+    /// The acknowledging replica.
+    pub from: NodeId,
+    /// The request acknowledged.
+    pub request: HlcTimestamp,
+    /// The write's sequence number at its origin: with `request`, it names
+    /// exactly one write.
+    pub seq: u64,
+}
+
+/// A coordinator's request for a replica's state of `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetch {
+    /// The coordinator's HLC reading.
+    pub clock: HlcTimestamp,
+    /// The coordinator, which the answer goes to.
+    pub from: NodeId,
+    /// The coordinator's name for the request.
+    pub request: HlcTimestamp,
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+/// A replica's synced state of a key, answering a [`Fetch`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fetched {
+    /// The answering replica.
+    pub from: NodeId,
+    /// The request answered.
+    pub request: HlcTimestamp,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The replica's state, `None` if it holds nothing for the key.
+    pub state: Option<StateTransfer>,
 }
 
 /// A batch of deltas from their origin, the sender.
@@ -81,6 +145,18 @@ impl Message {
         Ok(message)
     }
 
+    /// The sender's HLC reading, for the messages that carry one.
+    pub fn clock(&self) -> Option<HlcTimestamp> {
+        match self {
+            Message::Deltas(batch) => Some(batch.clock),
+            Message::State(state) => Some(state.clock),
+            Message::Replicate(replicate) => Some(replicate.clock),
+            Message::Fetch(fetch) => Some(fetch.clock),
+            Message::Fetched(fetched) => fetched.state.as_ref().map(|state| state.clock),
+            Message::Replicated(_) => None,
+        }
+    }
+
     /// The invariants serde cannot express.
     fn validate(&self) -> Result<(), String> {
         match self {
@@ -90,17 +166,37 @@ impl Message {
                 }
                 batch.deltas.iter().try_for_each(KeyDelta::validate)
             }
-            Message::State(state) => {
-                check_key(&state.key)?;
-                if state.frontier.len() > crate::token::TOKEN_ORIGINS_MAX {
-                    return Err("state frontier names too many origins".into());
+            Message::State(state) => state.validate(),
+            Message::Replicate(replicate) => replicate.delta.validate(),
+            Message::Replicated(replicated) => match replicated.seq {
+                1..=COUNTER_MAX => Ok(()),
+                seq => Err(format!("acknowledged write {seq} outside 1..=COUNTER_MAX")),
+            },
+            Message::Fetch(fetch) => check_key(&fetch.key),
+            Message::Fetched(fetched) => {
+                check_key(&fetched.key)?;
+                match &fetched.state {
+                    Some(state) if state.key != fetched.key => {
+                        Err("a fetched state of another key".into())
+                    }
+                    Some(state) => state.validate(),
+                    None => Ok(()),
                 }
-                if state.frontier.values().any(|&s| s == 0 || s > COUNTER_MAX) {
-                    return Err("frontier sequence numbers lie in 1..=COUNTER_MAX".into());
-                }
-                state.object.validate()
             }
         }
+    }
+}
+
+impl StateTransfer {
+    fn validate(&self) -> Result<(), String> {
+        check_key(&self.key)?;
+        if self.frontier.len() > crate::token::TOKEN_ORIGINS_MAX {
+            return Err("state frontier names too many origins".into());
+        }
+        if self.frontier.values().any(|&s| s == 0 || s > COUNTER_MAX) {
+            return Err("frontier sequence numbers lie in 1..=COUNTER_MAX".into());
+        }
+        self.object.validate()
     }
 }
 

@@ -1,6 +1,9 @@
-//! The `local`-level replica core: applies CRDT operations, makes them
-//! durable through `Storage` with group commit, ships deltas to the key's
-//! other replicas in batches, and enforces causal tokens.
+//! The CRDT replica core: applies CRDT operations, makes them durable
+//! through `Storage` with group commit, ships deltas to the key's other
+//! replicas in batches, and enforces causal tokens. Requests at
+//! `one`/`quorum`/`all` are coordinated by the `quorum` module.
+
+mod quorum;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -53,13 +56,20 @@ pub struct ReplicaConfig {
     pub pending_keys_per_peer_max: usize,
     /// The HLC's bound on how far a peer's clock may be ahead.
     pub hlc_max_offset_ms: u64,
+    /// How long a request at `quorum` or `all` waits for its `w` acks or
+    /// `r` replies.
+    pub quorum_timeout_ms: u64,
+    /// How long a read at `quorum` or `all` waits for the replicas it asked
+    /// before it asks the key's other replicas too (a hedge).
+    pub quorum_hedge_ms: u64,
 }
 
 impl ReplicaConfig {
     /// Defaults for `node`: N = 3, keys up to 1 KiB, payloads up to 64 KiB,
     /// objects up to 1 MiB, a million keys, 10,000 unsynced replies, 1,024
     /// parked requests waiting up to 100 ms, batches of up to 256 keys and
-    /// 256 KiB, 65,536 keys buffered per peer, a 500 ms HLC offset bound.
+    /// 256 KiB, 65,536 keys buffered per peer, a 500 ms HLC offset bound,
+    /// replicated requests waiting up to 1 s and hedging reads after 20 ms.
     pub fn new(node: NodeId) -> Self {
         Self {
             node,
@@ -75,6 +85,8 @@ impl ReplicaConfig {
             batch_bytes_max: 256 * 1024,
             pending_keys_per_peer_max: 65_536,
             hlc_max_offset_ms: 500,
+            quorum_timeout_ms: 1_000,
+            quorum_hedge_ms: 20,
         }
     }
 
@@ -152,6 +164,13 @@ pub struct ReplicaStats {
     pub syncs: u64,
     /// Requests that failed with [`ReplicaError::CatchUpTimeout`].
     pub catch_up_timeouts: u64,
+    /// Replicas sent the merged state after a replicated read found them
+    /// behind it.
+    pub read_repairs: u64,
+    /// Replicated reads that asked more replicas after `quorum_hedge_ms`.
+    pub hedges_sent: u64,
+    /// Replicated writes answered [`ReplicaError::WriteInDoubt`].
+    pub writes_in_doubt: u64,
 }
 
 /// One key's persisted record: the object and which writes it holds.
@@ -167,11 +186,15 @@ struct Unsynced {
     key: Vec<u8>,
     seq: u64,
     delta: Object,
+    /// The replicated request waiting for acks of this write, if any.
+    replicated: Option<HlcTimestamp>,
 }
 
 /// A request waiting for its token to be seen.
 struct Parked {
     request: Request,
+    /// How many replicas the request waits for, this one included.
+    need: usize,
     token: CausalToken,
     deadline_ms: u64,
 }
@@ -261,6 +284,10 @@ pub struct Replica<S: Storage, P: Placement = Ring> {
     held: Vec<Reply>,
     parked: Vec<Parked>,
     peers: BTreeMap<NodeId, PeerQueue>,
+    /// Requests at `quorum`/`all` waiting for peers, by their wire name.
+    coordinated: BTreeMap<HlcTimestamp, quorum::Coordinated>,
+    /// Messages that may leave only once this turn's writes are synced.
+    after_sync: Vec<quorum::AfterSync>,
     outputs: VecDeque<Output>,
     stats: ReplicaStats,
     poisoned: bool,
@@ -289,6 +316,8 @@ impl<S: Storage, P: Placement> Replica<S, P> {
             held: Vec::new(),
             parked: Vec::new(),
             peers: BTreeMap::new(),
+            coordinated: BTreeMap::new(),
+            after_sync: Vec::new(),
             outputs: VecDeque::new(),
             stats: ReplicaStats::default(),
             poisoned: false,
@@ -302,12 +331,18 @@ impl<S: Storage, P: Placement> Replica<S, P> {
     /// errors and reads of clean keys, after the next [`flush`](Self::flush)
     /// for writes, or after catch-up or timeout for a parked request.
     pub fn submit(&mut self, request: Request, now_ms: u64) {
+        self.submit_needing(request, 1, now_ms);
+    }
+
+    /// Submits a request that waits for `need` replicas, this one
+    /// included: 1 is the `local` level.
+    fn submit_needing(&mut self, request: Request, need: usize, now_ms: u64) {
         let id = request.id;
         match self.admit(&request) {
             Err(error) => self.reply(id, Err(error), false),
-            Ok(None) => self.execute(request, now_ms),
+            Ok(None) => self.execute(request, need, now_ms),
             Ok(Some(token)) if self.applied(&request.key).has_seen(&token) => {
-                self.execute(request, now_ms);
+                self.execute(request, need, now_ms);
             }
             Ok(Some(_)) if self.parked.len() >= self.config.parked_requests_max => {
                 let bound = "parked_requests_max";
@@ -315,6 +350,7 @@ impl<S: Storage, P: Placement> Replica<S, P> {
             }
             Ok(Some(token)) => self.parked.push(Parked {
                 request,
+                need,
                 token,
                 deadline_ms: now_ms.saturating_add(self.config.catch_up_wait_ms),
             }),
@@ -329,7 +365,7 @@ impl<S: Storage, P: Placement> Replica<S, P> {
     /// replies are never released, as their writes are in doubt.
     pub fn flush(&mut self) -> Result<(), StepError> {
         self.check_running().map_err(|_| StepError::Poisoned)?;
-        if self.held.is_empty() && self.dirty.is_empty() {
+        if self.held.is_empty() && self.dirty.is_empty() && self.after_sync.is_empty() {
             return Ok(());
         }
         if let Err(error) = self.storage.sync() {
@@ -342,8 +378,13 @@ impl<S: Storage, P: Placement> Replica<S, P> {
             self.outputs.push_back(Output::Reply(reply));
         }
         for write in std::mem::take(&mut self.unsynced) {
-            self.buffer_delta(&write.key, write.seq, &write.delta);
+            let replicated = match write.replicated {
+                Some(request) => self.replicate(request, &write.key, write.seq, &write.delta),
+                None => Vec::new(),
+            };
+            self.buffer_delta(&write.key, write.seq, &write.delta, &replicated);
         }
+        self.send_after_sync();
         Ok(())
     }
 
@@ -352,15 +393,13 @@ impl<S: Storage, P: Placement> Replica<S, P> {
     /// Decodes and validates everything before changing anything; garbage
     /// is [`StepError::Decode`]. Deltas and states are joined and written
     /// (not synced); requests they catch up are answered after the next
-    /// flush.
+    /// flush, and so are the acks and states replicated requests ask for.
     pub fn step(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), StepError> {
         self.check_running().map_err(|_| StepError::Poisoned)?;
         let message = Message::decode(bytes)?;
-        let clock = match &message {
-            Message::Deltas(batch) => batch.clock,
-            Message::State(state) => state.clock,
-        };
-        if let Err(error) = self.hlc.update(clock, now_ms) {
+        if let Some(clock) = message.clock()
+            && let Err(error) = self.hlc.update(clock, now_ms)
+        {
             self.stats.clock_rejections += 1;
             return Err(StepError::ClockAhead(error));
         }
@@ -374,6 +413,16 @@ impl<S: Storage, P: Placement> Replica<S, P> {
                 }
             }
             Message::State(state) => self.stage_state(*state, &mut staged),
+            Message::Replicate(replicate) => return self.on_replicate(*replicate, now_ms),
+            Message::Replicated(ack) => {
+                self.on_replicated(ack);
+                return Ok(());
+            }
+            Message::Fetch(fetch) => {
+                self.on_fetch(fetch, now_ms);
+                return Ok(());
+            }
+            Message::Fetched(fetched) => return self.on_fetched(*fetched, now_ms),
         }
         self.commit_received(staged, now_ms)
     }
@@ -391,6 +440,7 @@ impl<S: Storage, P: Placement> Replica<S, P> {
             let error = ReplicaError::CatchUpTimeout { replicas };
             self.reply(parked.request.id, Err(error), false);
         }
+        self.tick_coordinated(now_ms);
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for peer in peers {
             while self.peers.get(&peer).is_some_and(|q| !q.is_empty()) {
@@ -554,12 +604,16 @@ impl<S: Storage, P: Placement> Replica<S, P> {
         Ok(Some(token))
     }
 
-    /// Runs an admitted request whose token (if any) this replica has seen.
-    fn execute(&mut self, request: Request, now_ms: u64) {
+    /// Runs an admitted request whose token (if any) this replica has seen,
+    /// waiting for `need` replicas (this one included).
+    fn execute(&mut self, request: Request, need: usize, now_ms: u64) {
         let id = request.id;
-        if self.held.len() >= self.config.unsynced_requests_max {
+        if self.held.len() + self.coordinated.len() >= self.config.unsynced_requests_max {
             let bound = "unsynced_requests_max";
             return self.reply(id, Err(ReplicaError::Overloaded { bound }), false);
+        }
+        if need > 1 {
+            return self.coordinate(request, need, now_ms);
         }
         if request.op == Operation::Read {
             let ack = Ack {
@@ -621,6 +675,7 @@ impl<S: Storage, P: Placement> Replica<S, P> {
             key: key.to_vec(),
             seq,
             delta,
+            replicated: None,
         });
         Ok(token)
     }
@@ -675,10 +730,14 @@ impl<S: Storage, P: Placement> Replica<S, P> {
 
     // ---- Internals: peers ----
 
-    /// Buffers a synced write's delta for each other live replica of the key.
-    fn buffer_delta(&mut self, key: &[u8], seq: u64, delta: &Object) {
+    /// Buffers a synced write's delta for each other live replica of the
+    /// key, except those in `sent`, which were sent it directly.
+    fn buffer_delta(&mut self, key: &[u8], seq: u64, delta: &Object, sent: &[NodeId]) {
         let bounds = self.config.batch_bounds();
         for peer in self.other_replicas(key) {
+            if sent.contains(&peer) {
+                continue;
+            }
             let queue = self.peers.entry(peer).or_default();
             self.stats.deltas_dropped += queue.push(key, seq, delta, bounds);
             if queue.batch_is_full(bounds) {
@@ -802,7 +861,7 @@ impl<S: Storage, P: Placement> Replica<S, P> {
             });
         self.parked = waiting;
         for parked in ready {
-            self.execute(parked.request, now_ms);
+            self.execute(parked.request, parked.need, now_ms);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use calm_replica::coordinator::Level;
 use calm_replica::{
     Ack, CausalToken, Operation, Output, Replica, ReplicaConfig, ReplicaError, Reply, Request,
     RequestId,
@@ -96,6 +97,23 @@ impl Cluster {
         };
         let now = self.now_ms;
         self.replica(i).submit(request, now);
+        self.collect(i);
+        id
+    }
+
+    /// Submits a request at `level` at node `i` and collects what it
+    /// outputs at once.
+    pub fn submit_at(&mut self, i: usize, key: &[u8], op: Operation, level: Level) -> RequestId {
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        let request = Request {
+            id,
+            key: key.to_vec(),
+            op,
+            token: None,
+        };
+        let now = self.now_ms;
+        self.replica(i).submit_at(request, level, now);
         self.collect(i);
         id
     }
