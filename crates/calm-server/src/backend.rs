@@ -205,6 +205,24 @@ pub trait Backend: Send + Sync + 'static {
         token: Option<Vec<u8>>,
     ) -> impl Future<Output = Result<Ack, BackendError>> + Send;
 
+    /// Runs one CRDT operation at `level`, coordinated by this node among
+    /// the key's owners, and waits for its reply: for a write, after `w`
+    /// owners hold it durably; for a read, after `r` owners' states are
+    /// merged. A backend without those levels keeps this default, which
+    /// refuses.
+    fn submit_at(
+        &self,
+        key: Vec<u8>,
+        op: Operation,
+        token: Option<Vec<u8>>,
+        level: Level,
+    ) -> impl Future<Output = Result<Ack, BackendError>> + Send {
+        let _ = (key, op, token, level);
+        std::future::ready(Err(BackendError::Unavailable(
+            "this node does not serve the one, quorum and all levels",
+        )))
+    }
+
     /// Runs one request of the `one`/`quorum`/`all` levels, coordinated by
     /// this node, and waits for its outcome. A backend without those levels
     /// keeps this default, which refuses.

@@ -180,6 +180,15 @@ pub struct Metrics {
     /// `calm_replica_catch_up_timeouts_total`: requests whose causal token
     /// was not seen in time.
     pub catch_up_timeouts: Counter,
+    /// `calm_replica_read_repairs_total`: CRDT owners sent the merged state
+    /// after a read at `quorum`/`all` found them behind.
+    pub replica_read_repairs: Counter,
+    /// `calm_replica_hedges_total`: CRDT reads at `quorum`/`all` that asked
+    /// more owners after the hedging delay.
+    pub replica_hedges: Counter,
+    /// `calm_replica_writes_in_doubt_total`: CRDT writes at `quorum`/`all`
+    /// answered in doubt (fewer than `w` acks by the deadline).
+    pub replica_writes_in_doubt: Counter,
     /// `calm_hlc_clock_rejections_total`: peer messages refused because the
     /// sender's clock was too far ahead.
     pub clock_rejections: Counter,
@@ -308,6 +317,24 @@ impl Metrics {
             "calm_replica_catch_up_timeouts",
             "Requests whose causal token this replica had not seen in time",
             catch_up_timeouts.clone(),
+        );
+        let replica_read_repairs = Counter::default();
+        registry.register(
+            "calm_replica_read_repairs",
+            "CRDT owners sent the merged state after a quorum read found them behind",
+            replica_read_repairs.clone(),
+        );
+        let replica_hedges = Counter::default();
+        registry.register(
+            "calm_replica_hedges",
+            "CRDT quorum reads that asked more owners after the hedging delay",
+            replica_hedges.clone(),
+        );
+        let replica_writes_in_doubt = Counter::default();
+        registry.register(
+            "calm_replica_writes_in_doubt",
+            "CRDT quorum writes answered in doubt: fewer than w acks by the deadline",
+            replica_writes_in_doubt.clone(),
         );
         let clock_rejections = Counter::default();
         registry.register(
@@ -463,6 +490,9 @@ impl Metrics {
             deltas_dropped,
             deltas_refused,
             catch_up_timeouts,
+            replica_read_repairs,
+            replica_hedges,
+            replica_writes_in_doubt,
             clock_rejections,
             peer_messages_sent,
             peer_messages_received,

@@ -96,7 +96,7 @@ impl<B: Backend> Api<B> {
         reply: impl FnOnce(Value, ResponseHeader) -> Result<R::Response, Status>,
     ) -> Result<Response<R::Response>, Status> {
         let common = request.get_ref().common();
-        let level = served_level(common.level)?;
+        let (level, coordinated) = served_level(common.level)?;
         if common.key.is_empty() {
             return Err(Status::invalid_argument("the key is empty"));
         }
@@ -105,7 +105,11 @@ impl<B: Backend> Api<B> {
         let token = (!common.causal_token.is_empty()).then(|| common.causal_token.to_vec());
         let op = op(request.get_ref())?;
         let node = self.backend.node();
-        let error = match self.backend.submit(key, op, token).await {
+        let answer = match coordinated {
+            None => self.backend.submit(key, op, token).await,
+            Some(at) => self.backend.submit_at(key, op, token, at).await,
+        };
+        let error = match answer {
             Ok(ack) => {
                 let header = ResponseHeader {
                     causal_token: ack.token.encode(),
@@ -207,15 +211,21 @@ fn level_label(level: i32) -> &'static str {
     }
 }
 
-/// The level a request is served at: `LEVEL_LOCAL`, the default of every
-/// CRDT service, is the only one offered so far.
-fn served_level(level: i32) -> Result<Level, Status> {
+/// The level a CRDT request is served at, and the replicas it waits for:
+/// `LEVEL_LOCAL` (the default) answers from one replica; `LEVEL_ONE`,
+/// `LEVEL_QUORUM` and `LEVEL_ALL` are coordinated among the key's owners.
+/// CRDT types are not kept in the coordinated keyspace, so
+/// `LEVEL_LINEARIZABLE` is refused before anything is done.
+fn served_level(level: i32) -> Result<(Level, Option<KvLevel>), Status> {
     match Level::try_from(level) {
-        Ok(Level::Unspecified | Level::Local) => Ok(Level::Local),
-        Ok(level) => Err(Status::unimplemented(format!(
-            "{} is not offered yet; LEVEL_LOCAL is",
-            level.as_str_name()
-        ))),
+        Ok(Level::Unspecified | Level::Local) => Ok((Level::Local, None)),
+        Ok(Level::One) => Ok((Level::One, Some(KvLevel::One))),
+        Ok(Level::Quorum) => Ok((Level::Quorum, Some(KvLevel::Quorum))),
+        Ok(Level::All) => Ok((Level::All, Some(KvLevel::All))),
+        Ok(Level::Linearizable) => Err(Status::unimplemented(
+            "LEVEL_LINEARIZABLE is not offered for CRDT types (the etcd API serves the \
+             coordinated keyspace); LEVEL_LOCAL, LEVEL_ONE, LEVEL_QUORUM and LEVEL_ALL are",
+        )),
         Err(_) => Err(Status::invalid_argument(format!("unknown level {level}"))),
     }
 }

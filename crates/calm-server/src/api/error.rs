@@ -66,7 +66,25 @@ pub(crate) fn status_of(error: BackendError, node: NodeId) -> Status {
                 replica_node_ids: node_ids(&replicas),
             }),
         ),
-        ReplicaError::Overloaded { .. } | ReplicaError::Poisoned => Status::unavailable(message),
+        ReplicaError::Unavailable { needed, up } => with_detail(
+            Code::Unavailable,
+            message,
+            Detail::QuorumUnavailable(pb::QuorumUnavailable {
+                needed: saturate(needed),
+                up: saturate(up),
+            }),
+        ),
+        ReplicaError::WriteInDoubt { acks, needed } => with_detail(
+            Code::DeadlineExceeded,
+            message,
+            Detail::WriteInDoubt(pb::WriteInDoubt {
+                acks: saturate(acks),
+                needed: saturate(needed),
+            }),
+        ),
+        ReplicaError::Overloaded { .. }
+        | ReplicaError::Poisoned
+        | ReplicaError::ReadTimeout { .. } => Status::unavailable(message),
         ReplicaError::Storage(_) => Status::internal(message),
     }
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use calm_clock::{PhysicalClock, SystemClock};
 use calm_membership::{Effect, LocalEvent, MemberState, Membership, Peer, Timer};
+use calm_replica::coordinator::Level;
 use calm_replica::{Output, Replica, Request, RequestId, StepError, shared_ranges};
 use calm_ring::{KeyHash, Placement, Ring};
 use calm_storage::{DiskEngine, Storage};
@@ -77,6 +78,9 @@ struct Mirrored {
     deltas_refused: u64,
     clock_rejections: u64,
     catch_up_timeouts: u64,
+    read_repairs: u64,
+    hedges: u64,
+    writes_in_doubt: u64,
     bytes_sent: u64,
     bytes_received: u64,
     closed: [u64; 6],
@@ -289,6 +293,7 @@ impl Core {
                 key,
                 op,
                 token,
+                level,
                 reply,
             } => {
                 if !self.shared.ready.load(Ordering::Relaxed) {
@@ -300,11 +305,22 @@ impl Core {
                 self.next_request += 1;
                 let id = RequestId(self.next_request);
                 self.pending.insert(id, reply);
-                // The local level answers from this replica: no round trip.
-                self.metrics.coordinated("local", 0);
                 self.writes_this_turn += 1;
                 let request = Request { id, key, op, token };
-                self.replica.submit(request, self.clock.now_ms());
+                let now = self.clock.now_ms();
+                match level {
+                    // The local level answers from this replica: no round trip.
+                    None => {
+                        self.metrics.coordinated("local", 0);
+                        self.replica.submit(request, now);
+                    }
+                    // One round to the other owners, unless one copy is enough.
+                    Some(level) => {
+                        let round_trips = u64::from(level != Level::One);
+                        self.metrics.coordinated(level.name(), round_trips);
+                        self.replica.submit_at(request, level, now);
+                    }
+                }
             }
             Command::Etcd(command) => self.etcd(command),
             Command::Kv(command) => {
@@ -1017,6 +1033,17 @@ impl Core {
             &m.catch_up_timeouts,
             seen.catch_up_timeouts,
             stats.catch_up_timeouts,
+        );
+        seen.read_repairs = mirror(
+            &m.replica_read_repairs,
+            seen.read_repairs,
+            stats.read_repairs,
+        );
+        seen.hedges = mirror(&m.replica_hedges, seen.hedges, stats.hedges_sent);
+        seen.writes_in_doubt = mirror(
+            &m.replica_writes_in_doubt,
+            seen.writes_in_doubt,
+            stats.writes_in_doubt,
         );
         let transport = self.transport.stats();
         seen.bytes_sent = mirror(&m.peer_bytes_sent, seen.bytes_sent, transport.bytes_sent);

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use calm_membership::{MembershipConfig, MembershipError};
+use calm_replica::coordinator::Level;
 use calm_replica::{Ack, Operation, ReplicaConfig};
 use calm_ring::{PlacementError, RingConfig};
 use calm_storage::{DiskEngine, StorageError};
@@ -103,6 +104,8 @@ enum Command {
         key: Vec<u8>,
         op: Operation,
         token: Option<Vec<u8>>,
+        /// `None` for `local`.
+        level: Option<Level>,
         reply: oneshot::Sender<Result<Ack, BackendError>>,
     },
     Etcd(coordination::EtcdCommand),
@@ -212,20 +215,22 @@ impl NodeHandle {
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Relaxed)
     }
-}
 
-impl Backend for NodeHandle {
-    async fn submit(
+    /// Runs one CRDT operation on the event loop, at `level` (`None`:
+    /// `local`), and waits for its reply.
+    async fn crdt(
         &self,
         key: Vec<u8>,
         op: Operation,
         token: Option<Vec<u8>>,
+        level: Option<Level>,
     ) -> Result<Ack, BackendError> {
         let (reply, answer) = oneshot::channel();
         let command = Command::Submit {
             key,
             op,
             token,
+            level,
             reply,
         };
         self.commands
@@ -235,6 +240,27 @@ impl Backend for NodeHandle {
         answer
             .await
             .map_err(|_| BackendError::Unavailable("the node stopped before answering"))?
+    }
+}
+
+impl Backend for NodeHandle {
+    async fn submit(
+        &self,
+        key: Vec<u8>,
+        op: Operation,
+        token: Option<Vec<u8>>,
+    ) -> Result<Ack, BackendError> {
+        self.crdt(key, op, token, None).await
+    }
+
+    async fn submit_at(
+        &self,
+        key: Vec<u8>,
+        op: Operation,
+        token: Option<Vec<u8>>,
+        level: Level,
+    ) -> Result<Ack, BackendError> {
+        self.crdt(key, op, token, Some(level)).await
     }
 
     async fn kv(&self, call: KvCall) -> Result<KvAnswer, BackendError> {

@@ -20,6 +20,7 @@ use calm_proto::calm::v1::set_client::SetClient;
 use calm_proto::calm::v1::*;
 use calm_proto::google::rpc;
 use calm_replica::RequestId;
+use calm_replica::coordinator::Level as KvLevel;
 use calm_replica::{Ack, Operation, Output, Replica, ReplicaConfig, ReplicaError, Request};
 use calm_ring::{Ring, RingConfig};
 use calm_server::api::{FORWARDED_HEADER, serve};
@@ -60,17 +61,22 @@ impl ReplicaBackend {
     }
 }
 
-impl Backend for ReplicaBackend {
-    async fn submit(
+impl ReplicaBackend {
+    /// Runs one request on the replica at `level` (`None`: `local`).
+    fn run(
         &self,
-        key: Vec<u8>,
-        op: Operation,
-        token: Option<Vec<u8>>,
+        request: (Vec<u8>, Operation, Option<Vec<u8>>),
+        level: Option<KvLevel>,
     ) -> Result<Ack, BackendError> {
+        let (key, op, token) = request;
         let id = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
         let mut replica = self.replica.lock().expect("no test panics holding it");
         // Time only orders LWW writes here; a request counter is enough.
-        replica.submit(Request { id, key, op, token }, 1_000 + id.0);
+        let request = Request { id, key, op, token };
+        match level {
+            None => replica.submit(request, 1_000 + id.0),
+            Some(level) => replica.submit_at(request, level, 1_000 + id.0),
+        }
         replica
             .flush()
             .map_err(|_| BackendError::Unavailable("flush failed"))?;
@@ -85,6 +91,27 @@ impl Backend for ReplicaBackend {
         reply
             .ok_or(BackendError::Unavailable("parked"))?
             .map_err(BackendError::from)
+    }
+}
+
+impl Backend for ReplicaBackend {
+    async fn submit(
+        &self,
+        key: Vec<u8>,
+        op: Operation,
+        token: Option<Vec<u8>>,
+    ) -> Result<Ack, BackendError> {
+        self.run((key, op, token), None)
+    }
+
+    async fn submit_at(
+        &self,
+        key: Vec<u8>,
+        op: Operation,
+        token: Option<Vec<u8>>,
+        level: KvLevel,
+    ) -> Result<Ack, BackendError> {
+        self.run((key, op, token), Some(level))
     }
 
     fn node(&self) -> NodeId {
@@ -557,7 +584,7 @@ async fn an_operation_on_another_kind_of_object_names_both_kinds() {
 }
 
 #[tokio::test]
-async fn only_the_local_level_is_served() {
+async fn crdt_levels_are_served_up_to_all_and_linearizable_is_refused() {
     let server = served(ReplicaBackend::new(1)).await;
     let mut counter = server.counter().await;
     let mut check = async |level: i32, expected: Code| {
@@ -573,14 +600,27 @@ async fn only_the_local_level_is_served() {
     };
     check(Level::Unspecified as i32, Code::Ok).await;
     check(Level::Local as i32, Code::Ok).await;
-    for level in [Level::One, Level::Quorum, Level::All, Level::Linearizable] {
-        check(level as i32, Code::Unimplemented).await;
+    // One node of a keyspace with N = 3: `one` is served by it alone;
+    // `quorum` and `all` lack owners, and say how many.
+    check(Level::One as i32, Code::Ok).await;
+    for level in [Level::Quorum, Level::All] {
+        check(level as i32, Code::Unavailable).await;
     }
+    let request = CounterIncrementRequest {
+        level: Level::Quorum as i32,
+        ..increment("levels", 1)
+    };
+    let refused = server.counter().await.increment(request).await.unwrap_err();
+    assert_eq!(
+        detail(&refused),
+        Detail::QuorumUnavailable(QuorumUnavailable { needed: 2, up: 1 })
+    );
+    check(Level::Linearizable as i32, Code::Unimplemented).await;
     for unknown in [-1, 6, 99] {
         check(unknown, Code::InvalidArgument).await;
     }
     let read = counter.get(counter_get("levels", vec![])).await.unwrap();
-    assert_eq!(read.get_ref().value, 2, "refused levels changed nothing");
+    assert_eq!(read.get_ref().value, 3, "refused levels changed nothing");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod admin;
 mod api;
+mod crdt_levels;
 mod etcd;
 mod kv;
 mod node;

@@ -44,8 +44,9 @@ pub struct GlobalArgs {
     )]
     pub command_timeout: Duration,
 
-    /// The coordination level of data requests; servers answer
-    /// UNIMPLEMENTED for a level they do not offer yet.
+    /// The coordination level of data requests (`local` means `quorum` for
+    /// `calm kv`); servers answer UNIMPLEMENTED for a level a service does
+    /// not offer (`linearizable` for CRDT types and `kv`).
     #[arg(
         long,
         global = true,
@@ -61,7 +62,7 @@ pub struct GlobalArgs {
 pub enum LevelArg {
     /// Durable on the receiving node, replicated asynchronously.
     Local,
-    /// One replica of the key's preference list.
+    /// One of the key's replicas.
     One,
     /// A majority of the key's replicas.
     Quorum,

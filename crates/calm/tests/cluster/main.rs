@@ -3,6 +3,7 @@
 //! proxies; the CLI and `calm dev` run as a user would run them.
 
 mod cli;
+mod crdt_levels;
 mod forward;
 mod harness;
 mod kv;
