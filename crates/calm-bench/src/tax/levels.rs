@@ -18,7 +18,7 @@ use crate::{BenchError, Format, Target, WorkloadName, bench, progress_bar};
 
 /// Every run of the table, cheapest level first: the workload, the level
 /// its requests carry, and the etcd read consistency (etcd workloads).
-pub const TAX_RUNS: [(WorkloadName, Level, Consistency); 10] = [
+pub const TAX_RUNS: [(WorkloadName, Level, Consistency); 16] = [
     (
         WorkloadName::CounterIncr,
         Level::Local,
@@ -29,8 +29,28 @@ pub const TAX_RUNS: [(WorkloadName, Level, Consistency); 10] = [
         Level::Local,
         Consistency::Linearizable,
     ),
+    (
+        WorkloadName::CounterIncr,
+        Level::One,
+        Consistency::Linearizable,
+    ),
+    (
+        WorkloadName::CounterGet,
+        Level::One,
+        Consistency::Linearizable,
+    ),
     (WorkloadName::KvPut, Level::One, Consistency::Linearizable),
     (WorkloadName::KvGet, Level::One, Consistency::Linearizable),
+    (
+        WorkloadName::CounterIncr,
+        Level::Quorum,
+        Consistency::Linearizable,
+    ),
+    (
+        WorkloadName::CounterGet,
+        Level::Quorum,
+        Consistency::Linearizable,
+    ),
     (
         WorkloadName::KvPut,
         Level::Quorum,
@@ -39,6 +59,16 @@ pub const TAX_RUNS: [(WorkloadName, Level, Consistency); 10] = [
     (
         WorkloadName::KvGet,
         Level::Quorum,
+        Consistency::Linearizable,
+    ),
+    (
+        WorkloadName::CounterIncr,
+        Level::All,
+        Consistency::Linearizable,
+    ),
+    (
+        WorkloadName::CounterGet,
+        Level::All,
         Consistency::Linearizable,
     ),
     (WorkloadName::KvPut, Level::All, Consistency::Linearizable),
@@ -279,10 +309,24 @@ mod tests {
     }
 
     #[test]
-    fn every_level_has_a_write_and_a_read_run() {
-        for level in Level::ALL {
-            let runs = TAX_RUNS.iter().filter(|(_, l, _)| *l == level).count();
-            assert_eq!(runs, 2, "{level:?}");
+    fn every_level_has_a_write_and_a_read_run_of_each_service_serving_it() {
+        let runs_at = |level: Level| -> Vec<WorkloadName> {
+            TAX_RUNS
+                .iter()
+                .filter(|(_, l, _)| *l == level)
+                .map(|(workload, _, _)| *workload)
+                .collect()
+        };
+        use WorkloadName::*;
+        assert_eq!(runs_at(Level::Local), [CounterIncr, CounterGet]);
+        // The same CRDT counter and the Kv service at each leaderless level.
+        for level in [Level::One, Level::Quorum, Level::All] {
+            assert_eq!(
+                runs_at(level),
+                [CounterIncr, CounterGet, KvPut, KvGet],
+                "{level:?}"
+            );
         }
+        assert_eq!(runs_at(Level::Linearizable), [EtcdPut, EtcdRange]);
     }
 }
