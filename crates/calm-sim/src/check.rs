@@ -1,5 +1,6 @@
 //! Checkers: convergence, no acknowledged increment lost, bounded counters
-//! (never below the bound, none lost, none applied twice), membership
+//! (never below the bound, none lost, none applied twice), reads at a
+//! quorum level that see every acknowledged increment, membership
 //! agreement; and `settle`, the run to quiescence they expect first.
 
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use calm_membership::MemberState;
 use calm_replica::Value;
 
 use crate::bounded::{self, view_breach};
+use crate::quorum::{self, replicas_needed};
 use crate::sim::{Simulation, node_id};
 
 /// How often `settle` looks for quiescence, in ms of virtual time.
@@ -85,7 +87,10 @@ impl Simulation {
     /// key, each running owner's value lies between the sum of acknowledged
     /// increments and that sum plus the increments never answered (less the
     /// acknowledged decrements, and widened by the unanswered ones, for
-    /// decrements [`submit`](Self::submit)ted by a test).
+    /// decrements [`submit`](Self::submit)ted by a test). At a quorum level
+    /// this is also the level's durability: a crash loses only unsynced
+    /// writes, and an increment is acknowledged only once `w` owners
+    /// synced it, while one answered `WriteInDoubt` counts as unanswered.
     pub fn check_no_lost_increments(&self) -> Result<(), Violation> {
         let counters = self
             .workload_keys()
@@ -154,6 +159,32 @@ impl Simulation {
         Ok(())
     }
 
+    /// Recency of reads at [`SimConfig::level`](crate::SimConfig::level),
+    /// the promise of `r + w > n` (Gifford, SOSP 1979; Dynamo §4.5): every
+    /// counter read at the level that succeeded returned at least the
+    /// increments acknowledged to a client before the read was submitted
+    /// (less the decrements that may have landed by its answer). Reports
+    /// the first stale read, with the times it was submitted and answered.
+    ///
+    /// At `one` with `n > 1` (or at `local`) the levels promise no such
+    /// thing, so the check passes; [`SimStats::stale_reads`](crate::SimStats)
+    /// still counts the stale reads. Unlike the end-state checkers it needs
+    /// no settle: each read is judged when its answer arrives.
+    pub fn check_quorum_reads(&self) -> Result<(), Violation> {
+        let Some(level) = self.config.level else {
+            return Ok(());
+        };
+        let n = self.config.replication_factor;
+        let needed = replicas_needed(level, n);
+        if needed + needed <= n {
+            return Ok(());
+        }
+        match &self.quorum_reads.first_stale {
+            Some(detail) => Err(self.violation(quorum::CHECKER, detail.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Membership agreement: every running node sees every other running
     /// node alive, in its current generation.
     pub fn check_membership(&self) -> Result<(), Violation> {
@@ -193,12 +224,13 @@ impl Simulation {
     }
 
     /// Every checker, in order: membership, convergence, no lost increment,
-    /// bounded counters.
+    /// bounded counters, quorum reads.
     pub fn check_all(&self) -> Result<(), Violation> {
         self.check_membership()?;
         self.check_convergence()?;
         self.check_no_lost_increments()?;
-        self.check_bounded_counters()
+        self.check_bounded_counters()?;
+        self.check_quorum_reads()
     }
 
     /// Increments acknowledged to clients so far, over every key.

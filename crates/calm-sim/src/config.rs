@@ -2,6 +2,7 @@
 //! periods and workload shape, each with a named bound.
 
 use calm_membership::MembershipConfig;
+use calm_replica::coordinator::Level;
 
 /// Most nodes one simulation runs.
 pub const NODES_MAX: usize = 16;
@@ -68,6 +69,18 @@ pub enum PlantedBug {
     /// node's replica. Like a node restored from an old backup, it then
     /// spends rights it has since spent or given away.
     DecrementFromStaleRights,
+    /// A replica that acknowledges what it does not hold: the driver drops
+    /// every [`Message::Replicate`](calm_replica::Message::Replicate) it is
+    /// about to deliver and hands its coordinator the
+    /// [`Message::Replicated`](calm_replica::Message::Replicated) ack the
+    /// receiver would send after its sync. A write at `quorum` is then
+    /// acknowledged while only its coordinator holds it, so a quorum read
+    /// elsewhere misses it.
+    ForgedReplicatedAcks,
+    /// Counter reads go at `one` while writes go at [`SimConfig::level`],
+    /// and are still held to that level's promise: with `r + w <= n` a read
+    /// can miss an acknowledged write.
+    ReadsAtOne,
 }
 
 /// Everything a [`Simulation`](crate::Simulation) is built from.
@@ -105,13 +118,17 @@ pub struct SimConfig {
     pub membership: MembershipConfig,
     /// A deliberate driver bug, or [`PlantedBug::None`].
     pub planted_bug: PlantedBug,
+    /// The level the workload's counter increments and reads go at, with
+    /// `Replica::submit_at`; `None` is `local` (plain `submit`, and no
+    /// reads), the behaviour every seed's trace was recorded under.
+    pub level: Option<Level>,
 }
 
 impl SimConfig {
     /// `nodes` nodes under `seed`: N = 3, a reliable network, flush every
     /// 5 ms, anti-entropy every 200 ms, rejoin every 2 s, a client op every
     /// 2 ms over 8 counters, 4 sets and 3 bounded counters, membership with
-    /// 500 ms probes.
+    /// 500 ms probes, every request at `local`.
     pub fn new(nodes: usize, seed: u64) -> SimConfig {
         let membership = MembershipConfig {
             probe_period_ms: 500,
@@ -134,6 +151,7 @@ impl SimConfig {
             bounded_keys: 3,
             membership,
             planted_bug: PlantedBug::None,
+            level: None,
         }
     }
 

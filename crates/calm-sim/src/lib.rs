@@ -19,12 +19,21 @@
 //!   node's rights, and at the end each value is acknowledged increments
 //!   minus acknowledged decrements, within the unanswered ones: none lost,
 //!   none applied twice;
+//! * [`Simulation::check_quorum_reads`]: with [`SimConfig::level`] at
+//!   `quorum` or `all` (`r + w > n`), every counter read at the level saw
+//!   at least the increments acknowledged before it was submitted;
 //! * [`Simulation::check_membership`]: every running node sees every other
 //!   alive.
 //!
 //! The client workload mixes counter increments, OR-set adds and removes,
 //! and bounded-counter increments, decrements (refused beyond the node's
-//! rights) and transfers of rights between a key's owners.
+//! rights) and transfers of rights between a key's owners. Every request
+//! is at `local` unless [`SimConfig::level`] names `one`, `quorum` or
+//! `all`: then counter increments go at that level through
+//! `Replica::submit_at`, and so do counter reads, which the workload then
+//! adds, each remembering the increments acknowledged before it (its
+//! floor). A write answered `WriteInDoubt` stays in doubt in the clients'
+//! ledger, since it may have landed.
 //!
 //! # A tour
 //!
@@ -72,6 +81,7 @@ mod config;
 pub mod kv;
 mod ledger;
 pub mod linearizability;
+mod quorum;
 pub mod raft;
 mod sim;
 pub mod watch;

@@ -19,6 +19,7 @@ use rand::{RngExt, SeedableRng};
 use crate::check::Violation;
 use crate::config::{PlantedBug, SimConfig};
 use crate::ledger::{Change, Ledger};
+use crate::quorum::{QuorumReads, READ_SHARE};
 
 /// Most distinct elements the workload adds to one OR-set.
 const SET_ELEMENTS_MAX: u8 = 8;
@@ -144,6 +145,20 @@ pub struct SimStats {
     pub unsynced_batches_lost: u64,
     /// Restarts.
     pub restarts: u64,
+    /// Counter reads at [`SimConfig::level`] answered with a value, each
+    /// compared with its floor.
+    pub quorum_reads_checked: u64,
+    /// Counter reads at the level answered with an error (`Unavailable`,
+    /// `ReadTimeout`).
+    pub quorum_reads_failed: u64,
+    /// Reads at the level that returned less than was acknowledged before
+    /// they were submitted (a violation when `r + w > n`).
+    pub stale_reads: u64,
+    /// Writes at the level answered `WriteInDoubt`: the clients' ledger
+    /// keeps them in doubt, as they may or may not have landed.
+    pub writes_in_doubt: u64,
+    /// Acks forged under [`PlantedBug::ForgedReplicatedAcks`].
+    pub acks_forged: u64,
 }
 
 /// A deterministic cluster: everything random is drawn from one seeded RNG,
@@ -156,13 +171,14 @@ pub struct SimStats {
 /// simulator drains both cores: membership `Send`s go to the network,
 /// `SetTimer`s into the event queue, `Notify` of a peer down or alive marks
 /// it down or up in the replica; replica `Send`s go to the network and
-/// `Reply`s to the clients' ledger. Every `flush_period_ms` a node runs
-/// `flush` (the group commit: only now are acknowledgements released and
-/// deltas allowed out) and then `tick` (which ships them). Every
-/// `anti_entropy_period_ms` it compares Merkle trees with a random peer and
-/// ships the state transfers the session calls for. Every
-/// `rejoin_period_ms`, if it does not see every node alive, it announces
-/// itself to all of them.
+/// `Reply`s to the clients' ledger. Client requests go in through `submit`,
+/// or `submit_at` for counter operations when [`SimConfig::level`] is set.
+/// Every `flush_period_ms` a node runs `flush` (the group commit: only now
+/// are acknowledgements released and deltas allowed out) and then `tick`
+/// (which ships them). Every `anti_entropy_period_ms` it compares Merkle
+/// trees with a random peer and ships the state transfers the session
+/// calls for. Every `rejoin_period_ms`, if it does not see every node
+/// alive, it announces itself to all of them.
 ///
 /// # Call order
 ///
@@ -190,6 +206,8 @@ pub struct Simulation {
     /// The planted `DecrementFromStaleRights` bug's frozen counters, per
     /// (node index, key).
     pub(crate) forks: BTreeMap<(usize, Vec<u8>), Object>,
+    /// Counter reads at the level in flight, and the first stale one.
+    pub(crate) quorum_reads: QuorumReads,
     workload_until_ms: u64,
     next_request: u64,
     trace: u64,
@@ -233,6 +251,7 @@ impl Simulation {
             ledger: Ledger::default(),
             bound_breach: None,
             forks: BTreeMap::new(),
+            quorum_reads: QuorumReads::default(),
             workload_until_ms: 0,
             next_request: 0,
             trace: 0,
@@ -269,7 +288,8 @@ impl Simulation {
 
     /// Runs for `duration_ms` with clients submitting an operation every
     /// `client_period_ms`, each at a random natural owner of a random key:
-    /// increments to counter keys; adds or removes to OR-set keys; and
+    /// increments to counter keys (and, with [`SimConfig::level`] set,
+    /// reads too, both at that level); adds or removes to OR-set keys; and
     /// increments, decrements (refused beyond the node's rights) and
     /// transfers of rights to another owner on bounded-counter keys.
     pub fn run_workload(&mut self, duration_ms: u64) {
@@ -570,10 +590,15 @@ impl Simulation {
             return;
         }
         let now = self.now_ms;
-        let Some(live) = self.nodes[to].live.as_mut() else {
+        if self.nodes[to].live.is_none() {
             self.stats.messages_to_crashed += 1;
             return;
-        };
+        }
+        if channel == Channel::Replica && self.forge_replicated_ack(from, to, bytes) {
+            return;
+        }
+        // Invariant: checked just above, and forging touches no node.
+        let live = self.nodes[to].live.as_mut().expect("the receiver runs");
         let failed = match channel {
             Channel::Membership => live.membership.handle_data(bytes, now).is_err(),
             Channel::Replica => live.replica.step(bytes, now).is_err(),
@@ -728,6 +753,16 @@ impl Simulation {
     /// learn its outcome.
     fn client_hears(&mut self, reply: &Reply) {
         self.record_reply(reply);
+        if self.quorum_read_answered(reply) {
+            return;
+        }
+        if let Err(ReplicaError::WriteInDoubt { .. }) = &reply.result {
+            // The one error after which the write may still have landed
+            // (it is durable here and maybe at some owners), so it stays
+            // in doubt in the ledger instead of being forgotten.
+            self.stats.writes_in_doubt += 1;
+            return;
+        }
         if let Err(ReplicaError::Object(ObjectError::InsufficientRights { .. })) = &reply.result {
             self.stats.rights_refused += 1;
         }
@@ -766,6 +801,11 @@ impl Simulation {
             };
             self.schedule(delay, event);
         }
+    }
+
+    /// Hands a replica message from node index `from` to the network.
+    pub(crate) fn send_replica_message(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        self.send(from, to, Channel::Replica, bytes);
     }
 
     /// Ships `key`'s state from `from` to `to`, if `from` holds it.
@@ -814,7 +854,13 @@ impl Simulation {
         .into_bytes();
         let owners = self.owners(&key);
         let target = owners[self.rng.random_range(0..owners.len())];
-        let op = if pick < counters {
+        // The draw for a read happens only with a level set, so that runs
+        // at `local` keep their seeds' traces.
+        let read =
+            pick < counters && self.config.level.is_some() && self.rng.random_bool(READ_SHARE);
+        let op = if read {
+            Operation::Read
+        } else if pick < counters {
             Operation::Increment(self.rng.random_range(1..=INCREMENT_MAX))
         } else if pick < counters + sets {
             let element = vec![self.rng.random_range(0..SET_ELEMENTS_MAX)];
@@ -835,9 +881,11 @@ impl Simulation {
         self.request(index, key, op);
     }
 
-    /// Submits `op` on `key` to the running node `index`, records it in the
-    /// ledger (or, under a planted bug, acknowledges it at once), and
-    /// checks the node's bounded counters afterwards.
+    /// Submits `op` on `key` to the running node `index` (at
+    /// [`SimConfig::level`] for counter operations and reads, if set),
+    /// records it in the ledger (or, under a planted bug, acknowledges it
+    /// at once) and a read at the level with its floor, and checks the
+    /// node's bounded counters afterwards.
     fn request(&mut self, index: usize, key: Vec<u8>, op: Operation) {
         self.stats.client_ops += 1;
         self.next_request += 1;
@@ -874,9 +922,16 @@ impl Simulation {
             op,
             token: None,
         };
+        let level = self.level_for(&request.op);
+        if level.is_some() && request.op == Operation::Read {
+            self.quorum_read_submitted(id, index, &request.key);
+        }
         let now = self.now_ms;
         if let Some(live) = self.nodes[index].live.as_mut() {
-            live.replica.submit(request, now);
+            match level {
+                Some(level) => live.replica.submit_at(request, level, now),
+                None => live.replica.submit(request, now),
+            }
         }
         self.drain(index);
         self.check_bounds_at(index);

@@ -1,7 +1,8 @@
 //! Whole-cluster runs under the simulator: convergence under each fault,
 //! crash safety of acknowledged increments, bounded counters that never
 //! read below zero, replay of a seed, and planted violations that the
-//! checkers must catch.
+//! checkers must catch; the CRDT levels (`crdt_quorum`), the kv store
+//! (`kv`) and raft (`raft`) in their own modules.
 //!
 //! `many_seeds` runs `CALM_SIM_SEEDS` seeds (200 unless set) from
 //! `CALM_SIM_SEED_START` (0 unless set); `one_seed` replays
@@ -15,6 +16,8 @@ use calm_types::NodeId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "sim/crdt_quorum.rs"]
+mod crdt_quorum;
 #[path = "sim/kv.rs"]
 mod kv;
 #[path = "sim/raft.rs"]
