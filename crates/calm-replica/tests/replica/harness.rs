@@ -87,6 +87,23 @@ impl Cluster {
         op: Operation,
         token: Option<&CausalToken>,
     ) -> RequestId {
+        self.submit_with(i, key, op, token, None)
+    }
+
+    /// Submits a request at `level` at node `i` and collects what it
+    /// outputs at once.
+    pub fn submit_at(&mut self, i: usize, key: &[u8], op: Operation, level: Level) -> RequestId {
+        self.submit_with(i, key, op, None, Some(level))
+    }
+
+    fn submit_with(
+        &mut self,
+        i: usize,
+        key: &[u8],
+        op: Operation,
+        token: Option<&CausalToken>,
+        level: Option<Level>,
+    ) -> RequestId {
         self.next_id += 1;
         let id = RequestId(self.next_id);
         let request = Request {
@@ -96,24 +113,10 @@ impl Cluster {
             token: token.map(CausalToken::encode),
         };
         let now = self.now_ms;
-        self.replica(i).submit(request, now);
-        self.collect(i);
-        id
-    }
-
-    /// Submits a request at `level` at node `i` and collects what it
-    /// outputs at once.
-    pub fn submit_at(&mut self, i: usize, key: &[u8], op: Operation, level: Level) -> RequestId {
-        self.next_id += 1;
-        let id = RequestId(self.next_id);
-        let request = Request {
-            id,
-            key: key.to_vec(),
-            op,
-            token: None,
-        };
-        let now = self.now_ms;
-        self.replica(i).submit_at(request, level, now);
+        match level {
+            None => self.replica(i).submit(request, now),
+            Some(level) => self.replica(i).submit_at(request, level, now),
+        }
         self.collect(i);
         id
     }

@@ -66,22 +66,8 @@ pub(crate) fn status_of(error: BackendError, node: NodeId) -> Status {
                 replica_node_ids: node_ids(&replicas),
             }),
         ),
-        ReplicaError::Unavailable { needed, up } => with_detail(
-            Code::Unavailable,
-            message,
-            Detail::QuorumUnavailable(pb::QuorumUnavailable {
-                needed: saturate(needed),
-                up: saturate(up),
-            }),
-        ),
-        ReplicaError::WriteInDoubt { acks, needed } => with_detail(
-            Code::DeadlineExceeded,
-            message,
-            Detail::WriteInDoubt(pb::WriteInDoubt {
-                acks: saturate(acks),
-                needed: saturate(needed),
-            }),
-        ),
+        ReplicaError::Unavailable { needed, up } => quorum_unavailable(message, needed, up),
+        ReplicaError::WriteInDoubt { acks, needed } => write_in_doubt(message, acks, needed),
         ReplicaError::Overloaded { .. }
         | ReplicaError::Poisoned
         | ReplicaError::ReadTimeout { .. } => Status::unavailable(message),
@@ -107,22 +93,12 @@ fn kv_status(refusal: KvRefusal, message: String) -> Status {
         KvRefusal::Object(_) | KvRefusal::Coordinator(CoordinatorError::Quorum(_)) => {
             Status::invalid_argument(message)
         }
-        KvRefusal::Coordinator(CoordinatorError::Unavailable { needed, up }) => with_detail(
-            Code::Unavailable,
-            message,
-            Detail::QuorumUnavailable(pb::QuorumUnavailable {
-                needed: saturate(needed),
-                up: saturate(up),
-            }),
-        ),
-        KvRefusal::Coordinator(CoordinatorError::WriteInDoubt { acks, needed }) => with_detail(
-            Code::DeadlineExceeded,
-            message,
-            Detail::WriteInDoubt(pb::WriteInDoubt {
-                acks: saturate(acks),
-                needed: saturate(needed),
-            }),
-        ),
+        KvRefusal::Coordinator(CoordinatorError::Unavailable { needed, up }) => {
+            quorum_unavailable(message, needed, up)
+        }
+        KvRefusal::Coordinator(CoordinatorError::WriteInDoubt { acks, needed }) => {
+            write_in_doubt(message, acks, needed)
+        }
         KvRefusal::Coordinator(
             CoordinatorError::Overloaded { .. }
             | CoordinatorError::ReadTimeout { .. }
@@ -140,6 +116,33 @@ fn kv_status(refusal: KvRefusal, message: String) -> Status {
             Status::internal(message)
         }
     }
+}
+
+/// UNAVAILABLE with `quorum_unavailable`: `up` replicas, `needed` needed;
+/// nothing changed.
+fn quorum_unavailable(message: String, needed: usize, up: usize) -> Status {
+    let detail = pb::QuorumUnavailable {
+        needed: saturate(needed),
+        up: saturate(up),
+    };
+    with_detail(
+        Code::Unavailable,
+        message,
+        Detail::QuorumUnavailable(detail),
+    )
+}
+
+/// DEADLINE_EXCEEDED with `write_in_doubt`: `acks` of the `needed` acks.
+fn write_in_doubt(message: String, acks: usize, needed: usize) -> Status {
+    let detail = pb::WriteInDoubt {
+        acks: saturate(acks),
+        needed: saturate(needed),
+    };
+    with_detail(
+        Code::DeadlineExceeded,
+        message,
+        Detail::WriteInDoubt(detail),
+    )
 }
 
 fn saturate(count: usize) -> u32 {
