@@ -320,6 +320,9 @@ impl<S: Storage, P: Placement> Replica<S, P> {
         if let Some(state) = fetched.state {
             let mut staged = BTreeMap::new();
             self.stage_state(state, &mut staged);
+            // An answer this replica already covers changes nothing: no
+            // write, no sync, and the read is not held for one.
+            staged.retain(|key, record| self.objects.get(key) != Some(record));
             self.commit_received(staged, now_ms)?;
         }
         if let Some(Coordinated {

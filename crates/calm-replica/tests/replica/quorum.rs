@@ -114,6 +114,22 @@ fn a_quorum_read_merges_the_replies_and_repairs_the_replicas_behind() {
 }
 
 #[test]
+fn a_quorum_read_of_replicas_that_agree_writes_nothing_and_is_answered_at_once() {
+    let mut cluster = Cluster::new(3, 10, Faults::default());
+    cluster.request(0, b"k", Operation::Increment(4), None);
+    cluster.drain();
+    let fsyncs = cluster.replica(1).storage().fsync_count();
+    let read = cluster.submit_at(1, b"k", Operation::Read, Level::All);
+    deliver_to(&mut cluster, 0);
+    deliver_to(&mut cluster, 2);
+    deliver_to(&mut cluster, 1);
+    assert_eq!(counter(&cluster, read), Some(Value::Counter(4)), "not held for a sync");
+    cluster.flush(1);
+    assert_eq!(cluster.replica(1).storage().fsync_count(), fsyncs);
+    assert_eq!(cluster.replica(1).stats().read_repairs, 0);
+}
+
+#[test]
 fn a_read_hedges_to_the_other_owner_when_the_first_is_slow() {
     let mut cluster = Cluster::new(3, 4, Faults::default());
     cluster.request(0, b"k", Operation::Increment(2), None);
