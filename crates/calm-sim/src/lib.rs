@@ -80,6 +80,7 @@ mod check;
 mod config;
 pub mod kv;
 mod ledger;
+mod network;
 pub mod linearizability;
 mod quorum;
 pub mod raft;

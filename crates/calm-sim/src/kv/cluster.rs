@@ -19,7 +19,8 @@ use calm_types::NodeId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::network::{InFlight, Network, Sent, Wire, fingerprint};
+use super::network::{Wire, fingerprint};
+use crate::network::{InFlight, Network, Sent};
 use super::workload::{Ended, Op, OpKind, Workload, quorum_at};
 use super::{KvBug, KvSimConfig, LAZY_SYNC_PERIOD_MS};
 use crate::check::Violation;
@@ -130,7 +131,7 @@ pub struct KvSim {
     now_ms: u64,
     ring: Ring,
     nodes: Vec<Node>,
-    network: Network,
+    network: Network<Wire>,
     pub(super) workload: Workload,
     trace: u64,
     stats: KvSimStats,
@@ -569,10 +570,15 @@ impl KvSim {
             return;
         }
         self.stats.messages_sent += 1;
-        let message = InFlight { from, to, wire };
+        let message = InFlight {
+            from,
+            to,
+            payload: wire,
+        };
+        let faults = &self.config.faults;
         match self
             .network
-            .send(&mut self.rng, &self.config.faults, self.now_ms, message)
+            .send(&mut self.rng, faults, self.now_ms, message, |_| true)
         {
             Sent::Queued { copies } => self.stats.messages_duplicated += u64::from(copies - 1),
             Sent::Lost => self.stats.messages_lost += 1,
@@ -592,12 +598,12 @@ impl KvSim {
                 continue;
             }
             self.stats.messages_delivered += 1;
-            let print = fingerprint(&message.wire);
+            let print = fingerprint(&message.payload);
             self.fold_trace(&[message.from as u8, message.to as u8]);
             self.fold_trace(&print.to_le_bytes());
             self.nodes[message.to]
                 .inbox
-                .push((message.from, message.wire));
+                .push((message.from, message.payload));
         }
     }
 

@@ -9,7 +9,8 @@ use rand::{RngExt, SeedableRng};
 
 use super::config::KeyspaceSimConfig;
 use super::leases::LeaseClient;
-use super::network::{InFlight, Network, Sent};
+use super::network::is_forwarded_proposal;
+use crate::network::{InFlight, Network, Sent};
 use super::node::{Call, Clock, Inbound, SimNode, TurnOutputs, TurnStage};
 use super::workload::Workload;
 use crate::check::Violation;
@@ -85,7 +86,7 @@ pub struct KeyspaceSim {
     /// History stamps taken in the current ms.
     stamps_this_ms: u64,
     pub(super) nodes: Vec<SimNode>,
-    network: Network,
+    network: Network<Vec<u8>>,
     pub(super) workload: Workload,
     trace: u64,
     pub(super) stats: KeyspaceStats,
@@ -504,12 +505,12 @@ impl KeyspaceSim {
             let head = [
                 &self.now_ms.to_le_bytes()[..],
                 &[message.from as u8, message.to as u8],
-                &xxhash_rust::xxh3::xxh3_64(&message.bytes).to_le_bytes(),
+                &xxhash_rust::xxh3::xxh3_64(&message.payload).to_le_bytes(),
             ]
             .concat();
             node.inbox.push_back(Inbound::Peer {
                 from: message.from,
-                bytes: message.bytes,
+                bytes: message.payload,
             });
             self.stats.messages_delivered += 1;
             self.fold_trace(&head);
@@ -569,13 +570,18 @@ impl KeyspaceSim {
 
     fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
         self.stats.messages_sent += 1;
-        let message = InFlight { from, to, bytes };
+        let message = InFlight {
+            from,
+            to,
+            payload: bytes,
+        };
         let faults = self.config.faults;
         let proposals = self.config.duplicate_proposals;
         let now = self.now_ms;
+        let may_duplicate = |bytes: &Vec<u8>| proposals || !is_forwarded_proposal(bytes);
         match self
             .network
-            .send(&mut self.rng, &faults, proposals, now, message)
+            .send(&mut self.rng, &faults, now, message, may_duplicate)
         {
             Sent::Queued { copies } => self.stats.messages_duplicated += u64::from(copies - 1),
             Sent::Lost => self.stats.messages_lost += 1,
