@@ -20,10 +20,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::network::{Wire, fingerprint};
-use crate::network::{InFlight, Network, Sent};
 use super::workload::{Ended, Op, OpKind, Workload, quorum_at};
 use super::{KvBug, KvSimConfig, LAZY_SYNC_PERIOD_MS};
 use crate::check::Violation;
+use crate::network::{InFlight, Network, Sent};
 use crate::sim::SimError;
 
 /// How often clients that waited past their timeout give up, in ms.

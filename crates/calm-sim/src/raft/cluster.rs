@@ -10,10 +10,10 @@ use rand::{RngExt, SeedableRng};
 use super::config::KeyspaceSimConfig;
 use super::leases::LeaseClient;
 use super::network::is_forwarded_proposal;
-use crate::network::{InFlight, Network, Sent};
 use super::node::{Call, Clock, Inbound, SimNode, TurnOutputs, TurnStage};
 use super::workload::Workload;
 use crate::check::Violation;
+use crate::network::{InFlight, Network, Sent};
 use crate::sim::SimError;
 
 /// How often the replicas' applied states are compared while the
