@@ -123,7 +123,11 @@ fn a_quorum_read_of_replicas_that_agree_writes_nothing_and_is_answered_at_once()
     deliver_to(&mut cluster, 0);
     deliver_to(&mut cluster, 2);
     deliver_to(&mut cluster, 1);
-    assert_eq!(counter(&cluster, read), Some(Value::Counter(4)), "not held for a sync");
+    assert_eq!(
+        counter(&cluster, read),
+        Some(Value::Counter(4)),
+        "not held for a sync"
+    );
     cluster.flush(1);
     assert_eq!(cluster.replica(1).storage().fsync_count(), fsyncs);
     assert_eq!(cluster.replica(1).stats().read_repairs, 0);
