@@ -30,6 +30,9 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 /// The `etcd-*` workloads speak etcd's v3 API, so they run against calm's
 /// nodes and against an etcd cluster alike; they ignore `--level` (etcd
 /// writes are linearizable; `--consistency` picks the reads' guarantee).
+/// The counters at `--level linearizable` speak it too: the counter is an
+/// etcd key, incremented by compare-and-put retried until it wins and
+/// read by a linearizable range.
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct BenchArgs {
     /// The operation to send.

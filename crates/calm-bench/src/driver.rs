@@ -143,8 +143,9 @@ pub struct Measurement {
     pub service_time: Histogram<u64>,
     /// Failed measured operations by gRPC code name.
     pub errors: BTreeMap<&'static str, ErrorCount>,
-    /// Successful measured operations the workload labelled (see
-    /// [`Done::outcome`]), by label.
+    /// The counts the workload labelled its successful measured operations
+    /// with (see [`Done::outcome`]; one operation may add several), by
+    /// label.
     pub outcomes: BTreeMap<&'static str, u64>,
 }
 
@@ -374,8 +375,8 @@ impl Recorder {
                     self.latency.saturating_record(latency);
                     self.service_time.saturating_record(service_time);
                     self.ops += 1;
-                    if let Some(label) = done.outcome {
-                        *self.outcomes.entry(label).or_default() += 1;
+                    if let Some((label, times)) = done.outcome {
+                        *self.outcomes.entry(label).or_default() += times;
                     }
                 }
             }

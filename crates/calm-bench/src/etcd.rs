@@ -3,15 +3,19 @@
 //! client port. [`EtcdChannels`] spreads the bench clients over the
 //! endpoints; [`EtcdPut`] and [`EtcdRange`] send the single-key requests of
 //! etcd's `benchmark put` and `benchmark range`; [`EtcdTxn`] (compare and
-//! put), [`EtcdWatchLatency`] (watch delivery) and [`EtcdLeaseKeepAlive`]
-//! (lease renewal) keep state and live in their own modules.
+//! put), [`EtcdCounter`] (the linearizable counter, an optimistic
+//! read-modify-write of a decimal value), [`EtcdWatchLatency`] (watch
+//! delivery) and [`EtcdLeaseKeepAlive`] (lease renewal) keep state and
+//! live in their own modules.
 //!
 //! Requests are built by plain functions ([`put_request`],
 //! [`range_request`], [`txn_request`]) so that their shapes are tested
 //! without a server; every call runs under the request timeout, and a call
 //! that misses it counts as `DEADLINE_EXCEEDED`.
 
+mod counter;
 mod lease;
+mod revisions;
 mod txn;
 mod watch;
 
@@ -27,14 +31,18 @@ use rand::rngs::StdRng;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+pub use counter::{
+    COUNTER_KIND, EtcdCounter, INCREMENT_ATTEMPTS_MAX, Incremented, counter_key,
+    counter_key_number, counter_prefix, counter_value,
+};
 pub use lease::{EtcdLeaseKeepAlive, LEASE_TTL_S, check_keep_alive};
-pub use txn::{COMPARE_FAILED, EtcdTxn, revision_after, txn_request};
+pub use txn::{COMPARE_FAILED, EtcdTxn, compare_and_put, failed_read, revision_after, txn_request};
 pub use watch::{EtcdWatchLatency, WATCH_ID_BYTES, watch_create_request, watch_id, watch_value};
 
 use crate::args::BenchArgs;
 use crate::driver::{Measurement, Plan, drive};
 use crate::error::BenchError;
-use crate::workload::{Done, OpError, Workload, WorkloadName, key_name};
+use crate::workload::{CounterOperation, Done, OpError, Workload, WorkloadName, key_name};
 
 /// `--consistency`: the guarantee of an etcd range, spelled as etcd's
 /// `benchmark range --consistency` spells it.
@@ -210,7 +218,13 @@ pub(crate) fn kind_prefix(kind: &str) -> Vec<u8> {
 /// The number of a KV key (`bench/etcd/42` is 42); `None` for any other
 /// key.
 pub fn kv_key_number(key: &[u8]) -> Option<u64> {
-    std::str::from_utf8(key.strip_prefix(kv_prefix().as_slice())?)
+    kind_key_number(KV_KIND, key)
+}
+
+/// The number of a key [`key_name`] made for `kind`; `None` for any other
+/// key (one of another kind, or with more after the prefix than a number).
+pub(crate) fn kind_key_number(kind: &str, key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key.strip_prefix(kind_prefix(kind).as_slice())?)
         .ok()?
         .parse()
         .ok()
@@ -314,18 +328,25 @@ impl Workload for EtcdRange {
 
 /// The level the report shows for etcd workload `workload`: the range's
 /// consistency, `linearizable` for writes (every etcd write goes through
-/// Raft), `-` for watches and leases, which have no such choice.
+/// Raft) and for the counter, whose reads are linearizable ranges whatever
+/// `--consistency` says, `-` for watches and leases, which have no such
+/// choice.
 pub fn etcd_level(workload: WorkloadName, consistency: Consistency) -> &'static str {
     match workload {
         WorkloadName::EtcdRange => consistency.name(),
-        WorkloadName::EtcdPut | WorkloadName::EtcdTxn => Consistency::Linearizable.name(),
+        WorkloadName::EtcdPut
+        | WorkloadName::EtcdTxn
+        | WorkloadName::CounterIncr
+        | WorkloadName::CounterGet => Consistency::Linearizable.name(),
         _ => "-",
     }
 }
 
 /// Runs the etcd workload `args` names on `endpoints` under `plan`: sets it
-/// up, drives it and releases what the setup took (leases). The caller
-/// reports it.
+/// up, drives it and releases what the setup took (leases). The counter
+/// workloads run here as the linearizable counter (the caller sends them
+/// here only at `--level linearizable`, see
+/// [`WorkloadName::speaks_etcd`]). The caller reports it.
 pub(crate) async fn measure(
     args: &BenchArgs,
     plan: &Plan,
@@ -358,10 +379,16 @@ pub(crate) async fn measure(
             workload.revoke_all().await;
             measured
         }
-        WorkloadName::CounterIncr
-        | WorkloadName::CounterGet
-        | WorkloadName::KvPut
-        | WorkloadName::KvGet => Err(BenchError::InvalidPlan(format!(
+        WorkloadName::CounterIncr | WorkloadName::CounterGet => {
+            let operation = match args.workload {
+                WorkloadName::CounterIncr => CounterOperation::Increment,
+                _ => CounterOperation::Get,
+            };
+            let workload =
+                EtcdCounter::start(channels, operation, timeout, plan.keys.keys()).await?;
+            drive(Arc::new(workload), plan, progress).await
+        }
+        WorkloadName::KvPut | WorkloadName::KvGet => Err(BenchError::InvalidPlan(format!(
             "{} is not an etcd workload",
             args.workload.name()
         ))),
@@ -480,6 +507,9 @@ mod tests {
         // --consistency is for ranges; writes are linearizable regardless.
         assert_eq!(etcd_level(WorkloadName::EtcdPut, s), "linearizable");
         assert_eq!(etcd_level(WorkloadName::EtcdTxn, s), "linearizable");
+        // The counter reads linearizably whatever --consistency says.
+        assert_eq!(etcd_level(WorkloadName::CounterIncr, s), "linearizable");
+        assert_eq!(etcd_level(WorkloadName::CounterGet, s), "linearizable");
         assert_eq!(etcd_level(WorkloadName::EtcdWatchLatency, l), "-");
     }
 }

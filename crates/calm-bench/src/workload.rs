@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calm_client::{Client, ClientConfig, ClientError, Code, KvOptions};
+use calm_client::{Client, ClientConfig, ClientError, Code, KvOptions, Level};
 
 /// One kind of operation, sent over and over by the drivers.
 ///
@@ -40,10 +40,11 @@ pub struct Done {
     /// correction does not apply to it: it is recorded as both latency and
     /// service time.
     pub latency: Option<Duration>,
-    /// A label to count the operation under in the report's outcomes (a
-    /// transaction whose compare failed): a normal answer worth telling
-    /// apart, not an error.
-    pub outcome: Option<&'static str>,
+    /// A label to count the operation under in the report's outcomes, and
+    /// how many times (a transaction whose compare failed, once; an
+    /// increment that succeeded after three failed compares, three times):
+    /// a normal answer worth telling apart, not an error.
+    pub outcome: Option<(&'static str, u64)>,
 }
 
 impl Done {
@@ -55,11 +56,16 @@ impl Done {
         }
     }
 
-    /// Done, and counted under `outcome`.
+    /// Done, and counted once under `outcome`.
     pub fn counted(outcome: &'static str) -> Done {
+        Done::counted_times(outcome, 1)
+    }
+
+    /// Done, and counted `times` times under `outcome` (not at all for 0).
+    pub fn counted_times(outcome: &'static str, times: u64) -> Done {
         Done {
             latency: None,
-            outcome: Some(outcome),
+            outcome: (times > 0).then_some((outcome, times)),
         }
     }
 }
@@ -85,13 +91,25 @@ impl From<ClientError> for OpError {
 }
 
 /// The workloads `calm bench --workload` offers: calm's own API, and
-/// etcd's v3 API (`etcd-*`), which runs against any endpoints serving it,
-/// calm's or an etcd cluster's.
+/// etcd's v3 API (`etcd-*`, and the counters at `--level linearizable`),
+/// which runs against any endpoints serving it, calm's or an etcd
+/// cluster's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkloadName {
-    /// `Counter.Increment` by 1 on the chosen key.
+    /// Increment by 1 of the chosen counter. At `--level` local, one,
+    /// quorum or all: calm's CRDT `Counter.Increment`. At linearizable,
+    /// which CRDTs do not offer: the counter an etcd user builds, an etcd
+    /// key (`bench/etcd/counter/<n>`) holding a decimal i64, incremented by
+    /// a `KV.Txn` that puts the value plus one if the key's mod revision
+    /// is the one last seen and reads the key otherwise, retried with what
+    /// it read until it succeeds. One operation is one successful
+    /// increment, retries included in its latency; each failed compare is
+    /// counted as `compare-failed`.
     CounterIncr,
-    /// `Counter.Get` of the chosen key.
+    /// Read of the chosen counter: calm's CRDT `Counter.Get` at `--level`
+    /// local, one, quorum or all; at linearizable, a linearizable etcd
+    /// `KV.Range` of the `counter-incr` key, its decimal value parsed (an
+    /// absent key is 0; a value that is not a decimal i64 is an error).
     CounterGet,
     /// `Kv.Put` of a `--value-bytes` value to the chosen key at `--level`
     /// one, quorum or all, with the context of the key's last write, so
@@ -134,7 +152,8 @@ impl WorkloadName {
         }
     }
 
-    /// Whether the workload speaks etcd's API (and ignores `--level`).
+    /// Whether the workload speaks etcd's API whatever the level (and
+    /// ignores `--level`).
     pub fn is_etcd(self) -> bool {
         !matches!(
             self,
@@ -143,6 +162,14 @@ impl WorkloadName {
                 | WorkloadName::KvPut
                 | WorkloadName::KvGet
         )
+    }
+
+    /// Whether the workload speaks etcd's API at `level`: the `etcd-*`
+    /// workloads always, the counters at linearizable, where the counter is
+    /// an etcd key in the coordinated keyspace.
+    pub fn speaks_etcd(self, level: Level) -> bool {
+        let counter = matches!(self, WorkloadName::CounterIncr | WorkloadName::CounterGet);
+        self.is_etcd() || (counter && level == Level::Linearizable)
     }
 }
 
@@ -297,6 +324,18 @@ mod tests {
             let spelled = workload.to_possible_value().expect("no variant is skipped");
             assert_eq!(spelled.get_name(), workload.name());
             assert_eq!(workload.is_etcd(), workload.name().starts_with("etcd-"));
+        }
+    }
+
+    #[test]
+    fn counters_speak_etcd_at_linearizable_only_and_kv_never() {
+        use WorkloadName::*;
+        for level in Level::ALL {
+            let linearizable = level == Level::Linearizable;
+            assert_eq!(CounterIncr.speaks_etcd(level), linearizable, "{level:?}");
+            assert_eq!(CounterGet.speaks_etcd(level), linearizable, "{level:?}");
+            assert!(!KvPut.speaks_etcd(level) && !KvGet.speaks_etcd(level));
+            assert!(EtcdPut.speaks_etcd(level) && EtcdTxn.speaks_etcd(level));
         }
     }
 

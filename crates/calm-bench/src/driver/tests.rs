@@ -242,7 +242,7 @@ async fn an_invalid_plan_sends_nothing() {
 fn own_latency_and_every_fourth_labelled(call: u64) -> Done {
     Done {
         latency: Some(Duration::from_micros(call * 100)),
-        outcome: call.is_multiple_of(4).then_some("compare-failed"),
+        outcome: call.is_multiple_of(4).then_some(("compare-failed", 1)),
     }
 }
 

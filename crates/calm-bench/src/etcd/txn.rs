@@ -4,14 +4,15 @@
 //! one last seen, and reads the key otherwise; either answer teaches the
 //! key's current mod revision for the next compare.
 //!
-//! The revisions last seen live in a sharded cache, filled before the run
-//! from one keys-only range over the bench's keys, so a key written by an
-//! earlier `etcd-put` or `etcd-txn` run does not fail its first compare. A
-//! compare then fails only when another client changed the key in
-//! between, which the report counts as `compare-failed`.
+//! The revisions last seen live in a sharded cache ([`Revisions`]),
+//! filled before the run from one keys-only range over the bench's keys,
+//! so a key written by an earlier `etcd-put` or `etcd-txn` run does not
+//! fail its first compare. A compare then fails only when another client
+//! changed the key in between, which the report counts as
+//! `compare-failed`. The request and answer shapes here
+//! ([`compare_and_put`], [`revision_after`], [`failed_read`]) are also the
+//! linearizable counter's (`super::counter`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use calm_proto::etcd::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -21,25 +22,17 @@ use calm_proto::etcd::etcdserverpb::response_op::Response;
 use calm_proto::etcd::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
+use calm_proto::etcd::mvccpb::KeyValue;
 use tonic::Code;
 
-use super::{EtcdChannels, kv_key, kv_key_number, kv_prefix, prefix_end, within};
+use super::revisions::{Revisions, read_prefix};
+use super::{EtcdChannels, kv_key, kv_key_number, kv_prefix, within};
 use crate::error::BenchError;
 use crate::workload::{Done, OpError, Workload};
 
 /// The outcome label of a transaction whose compare failed (it read the
 /// key instead of writing it).
 pub const COMPARE_FAILED: &str = "compare-failed";
-
-/// The most keys the pre-run range reads revisions of (its answer is
-/// about 60 bytes a key, so 6 MB at most); keys beyond it start uncached
-/// and fail their first compare.
-const PRELOAD_KEYS_MAX: i64 = 100_000;
-/// The largest answer the pre-run range accepts, above the bound above.
-const PRELOAD_ANSWER_BYTES_MAX: usize = 64 << 20;
-/// Shards of the revision cache: a lock is held for one map access, and
-/// 64 shards keep the clients of a run from queueing behind one.
-const SHARDS: u64 = 64;
 
 /// `etcd-txn`: `KV.Txn` comparing the chosen key's mod revision with the
 /// one last seen; puts on a match, reads the key otherwise.
@@ -48,8 +41,7 @@ pub struct EtcdTxn {
     channels: EtcdChannels,
     value: Vec<u8>,
     timeout: Duration,
-    // Std mutexes, not tokio ones: nothing awaits while one is held.
-    revisions: Vec<Mutex<HashMap<u64, i64>>>,
+    revisions: Revisions<()>,
 }
 
 impl EtcdTxn {
@@ -60,7 +52,7 @@ impl EtcdTxn {
             channels,
             value,
             timeout,
-            revisions: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            revisions: Revisions::new(),
         }
     }
 
@@ -74,51 +66,32 @@ impl EtcdTxn {
         keys: u64,
     ) -> Result<EtcdTxn, BenchError> {
         let txn = EtcdTxn::new(channels, value, timeout);
-        txn.preload(keys).await.map_err(|error| {
+        let read = read_prefix(&txn.channels, timeout, kv_prefix(), true).await;
+        let kvs = read.map_err(|error| {
             BenchError::Setup(format!("reading the keys' revisions: {}", error.message))
         })?;
-        Ok(txn)
-    }
-
-    async fn preload(&self, keys: u64) -> Result<(), OpError> {
-        let prefix = kv_prefix();
-        let request = RangeRequest {
-            range_end: prefix_end(&prefix),
-            key: prefix,
-            keys_only: true,
-            limit: PRELOAD_KEYS_MAX,
-            ..RangeRequest::default()
-        };
-        let mut kv = KvClient::new(self.channels.channel(0))
-            .max_decoding_message_size(PRELOAD_ANSWER_BYTES_MAX);
-        let answer = within(self.timeout, kv.range(request)).await?.into_inner();
-        for kv in answer.kvs {
+        // The counter's keys share the prefix (`bench/etcd/counter/`) and
+        // sort after every numbered key, so they never crowd those out of
+        // the range's limit; they have no number and are skipped here.
+        for kv in kvs {
             if let Some(key) = kv_key_number(&kv.key).filter(|&key| key < keys) {
-                self.remember(key, kv.mod_revision);
+                txn.remember(key, kv.mod_revision);
             }
         }
-        Ok(())
+        Ok(txn)
     }
 
     /// The mod revision last seen of key `key`; 0 (absent) if none was.
     pub fn expected(&self, key: u64) -> i64 {
-        self.shard(key).get(&key).copied().unwrap_or(0)
+        self.revisions
+            .seen(key)
+            .map_or(0, |(revision, ())| revision)
     }
 
     /// Notes `revision` as key `key`'s mod revision unless a later one was
     /// seen (answers to concurrent transactions arrive in any order).
     pub fn remember(&self, key: u64, revision: i64) {
-        let mut shard = self.shard(key);
-        let seen = shard.entry(key).or_insert(revision);
-        *seen = (*seen).max(revision);
-    }
-
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
-        // A shard's map is consistent after every statement, so a
-        // poisoned lock still guards a usable cache.
-        self.revisions[(key % SHARDS) as usize]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.revisions.remember(key, revision, ());
     }
 }
 
@@ -140,12 +113,18 @@ impl Workload for EtcdTxn {
     }
 }
 
-/// `etcd-txn`'s request on KV key `key`: if its mod revision is
-/// `expected_mod_revision` (0 for an absent key), put `value`; else range
-/// the key. The failure branch reads, so a failed compare costs what a
-/// client's retry would need anyway.
+/// `etcd-txn`'s request on KV key `key`: [`compare_and_put`] of `value`
+/// if the key's mod revision is `expected_mod_revision` (0 for an absent
+/// key).
 pub fn txn_request(key: u64, expected_mod_revision: i64, value: &[u8]) -> TxnRequest {
-    let key = kv_key(key);
+    compare_and_put(kv_key(key), expected_mod_revision, value.to_vec())
+}
+
+/// The optimistic update of `key`: if its mod revision is
+/// `expected_mod_revision` (etcd compares an absent key's as 0), put
+/// `value`; else range the key. The failure branch reads, linearizably, so
+/// a failed compare costs what a client's retry would need anyway.
+pub fn compare_and_put(key: Vec<u8>, expected_mod_revision: i64, value: Vec<u8>) -> TxnRequest {
     let compare = Compare {
         result: CompareResult::Equal.into(),
         target: CompareTarget::Mod.into(),
@@ -155,7 +134,7 @@ pub fn txn_request(key: u64, expected_mod_revision: i64, value: &[u8]) -> TxnReq
     };
     let put = Request::RequestPut(PutRequest {
         key: key.clone(),
-        value: value.to_vec(),
+        value,
         ..PutRequest::default()
     });
     let range = Request::RequestRange(RangeRequest {
@@ -171,16 +150,26 @@ pub fn txn_request(key: u64, expected_mod_revision: i64, value: &[u8]) -> TxnReq
     }
 }
 
-/// The key's mod revision after a transaction of [`txn_request`] answered:
-/// the transaction's revision when it put (a put's mod revision is the
-/// revision it created), the read key's when the compare failed (0 when
-/// the key is absent). `None` when the answer lacks it.
+/// The key's mod revision after a transaction of [`compare_and_put`]
+/// answered: the transaction's revision when it put (a put's mod revision
+/// is the revision it created), the read key's when the compare failed (0
+/// when the key is absent). `None` when the answer lacks it.
 pub fn revision_after(answer: &TxnResponse) -> Option<i64> {
     if answer.succeeded {
         return answer.header.as_ref().map(|header| header.revision);
     }
+    Some(failed_read(answer)?.map_or(0, |kv| kv.mod_revision))
+}
+
+/// What the failure branch of a [`compare_and_put`] read: `Some(None)` for
+/// an absent key, `None` when the answer has no range (a succeeded
+/// transaction, or a malformed answer).
+pub fn failed_read(answer: &TxnResponse) -> Option<Option<&KeyValue>> {
+    if answer.succeeded {
+        return None;
+    }
     match answer.responses.first()?.response.as_ref()? {
-        Response::ResponseRange(range) => Some(range.kvs.first().map_or(0, |kv| kv.mod_revision)),
+        Response::ResponseRange(range) => Some(range.kvs.first()),
         _ => None,
     }
 }
@@ -276,6 +265,11 @@ mod tests {
         let mut empty = failed_reading(Vec::new());
         empty.responses.clear();
         assert_eq!(revision_after(&empty), None);
+        // The failure branch's read: none when the put went through, an
+        // absent key as Some(None).
+        assert_eq!(failed_read(&succeeded_at(12)), None);
+        assert_eq!(failed_read(&failed_reading(Vec::new())), Some(None));
+        assert_eq!(failed_read(&empty), None);
     }
 
     #[tokio::test]
@@ -290,8 +284,7 @@ mod tests {
         assert_eq!(txn.expected(5), 10, "a late, older answer does not win");
         txn.remember(5, 11);
         assert_eq!(txn.expected(5), 11);
-        // Keys in one shard stay apart.
-        txn.remember(5 + SHARDS, 3);
-        assert_eq!((txn.expected(5), txn.expected(5 + SHARDS)), (11, 3));
+        txn.remember(6, 3);
+        assert_eq!((txn.expected(5), txn.expected(6)), (11, 3));
     }
 }

@@ -4,7 +4,10 @@
 //! the requests the bench sends (put, single-key range, a mod-revision
 //! compare), fans puts out to watchers, grants and renews leases, and
 //! counts what each endpoint served; it can interfere (bump a key before
-//! a txn compares it) and delay one endpoint's watch events.
+//! a txn compares it) and delay one endpoint's watch events. Its txns are
+//! atomic (the store's lock is held from compare to put), so the
+//! linearizable counter's tests check lost updates against a store that
+//! has none of its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -13,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use calm_bench::{
-    BenchArgs, BenchError, COMPARE_FAILED, Consistency, KeyDist, LEASE_TTL_S, Report, Target,
-    WorkloadName, bench,
+    BenchArgs, BenchError, COMPARE_FAILED, Consistency, CounterOperation, EtcdChannels,
+    EtcdCounter, Incremented, KeyDist, LEASE_TTL_S, Report, Target, WorkloadName, bench,
+    counter_key,
 };
 use calm_client::Level;
 use calm_proto::etcd::etcdserverpb as pb;
@@ -477,7 +481,16 @@ fn args(workload: WorkloadName, clients: usize, ops: u64, keys: u64) -> BenchArg
 }
 
 async fn run(args: &BenchArgs, fake: &Fake) -> Report {
-    bench(args, &fake.target(), &ProgressBar::hidden())
+    run_at(args, fake, Level::Quorum).await
+}
+
+/// `run`, with the global `--level` at `level`.
+async fn run_at(args: &BenchArgs, fake: &Fake, level: Level) -> Report {
+    let target = Target {
+        level,
+        ..fake.target()
+    };
+    bench(args, &target, &ProgressBar::hidden())
         .await
         .expect("the bench runs")
 }
@@ -618,4 +631,179 @@ async fn an_etcd_workload_that_cannot_set_up_measures_nothing() {
     )
     .await;
     assert!(matches!(outcome, Err(BenchError::Setup(_))), "{outcome:?}");
+}
+
+/// The value the fake holds for counter `key`, as stored.
+fn stored(fake: &Fake, key: u64) -> Option<Vec<u8>> {
+    let data = fake.cluster.data();
+    data.kvs.get(&counter_key(key)).map(|kv| kv.value.clone())
+}
+
+/// A linearizable counter on the fake's endpoints, with nothing seen.
+fn counter(fake: &Fake, operation: CounterOperation) -> EtcdCounter {
+    let channels = EtcdChannels::connect(
+        &fake.endpoints,
+        fake.endpoints.len(),
+        Duration::from_secs(1),
+    )
+    .expect("valid endpoints");
+    EtcdCounter::new(channels, operation, Duration::from_secs(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_counter_increments_lose_no_update_when_clients_share_one_key() {
+    // 8 clients, 25 increments each, all on one key over two endpoints.
+    let fake = Fake::start(2, 0, None).await;
+    let incr = run_at(
+        &args(WorkloadName::CounterIncr, 8, 200, 1),
+        &fake,
+        Level::Linearizable,
+    )
+    .await;
+    assert_eq!((incr.ops, incr.errors), (200, 0), "{incr:?}");
+    assert_eq!(incr.level, "linearizable");
+    assert_eq!(incr.conns, Some(2));
+    // Every acknowledged increment is in the value: none was lost to a
+    // concurrent one, though clients raced (each race lost is a retry).
+    assert_eq!(stored(&fake, 0).as_deref(), Some(b"200".as_slice()));
+    let retries = incr.outcomes.get(COMPARE_FAILED).copied().unwrap_or(0);
+    assert!(retries > 0, "8 clients on one key never raced: {incr:?}");
+    // Failed compares write nothing: one revision per increment, and only
+    // the counter's key.
+    assert_eq!(fake.cluster.data().revision, 200);
+    assert_eq!(fake.cluster.data().kvs.len(), 1);
+    assert_eq!(fake.total(|s| &s.txns), 200 + retries);
+
+    // counter-get reads linearizably, and writes nothing.
+    let ranges_before = fake.total(|s| &s.ranges);
+    let get = run_at(
+        &args(WorkloadName::CounterGet, 4, 50, 1),
+        &fake,
+        Level::Linearizable,
+    )
+    .await;
+    assert_eq!((get.ops, get.errors), (50, 0), "{get:?}");
+    assert_eq!(get.level, "linearizable");
+    assert_eq!(fake.total(|s| &s.ranges), ranges_before + 50);
+    assert_eq!(fake.total(|s| &s.serializable_ranges), 0);
+    assert_eq!(fake.cluster.data().revision, 200);
+    // And what it reads is what the increments left.
+    let reader = counter(&fake, CounterOperation::Get);
+    assert_eq!(reader.read(0, 0).await, Ok(200));
+    assert_eq!(reader.read(1, 1).await, Ok(0), "an absent counter is 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_each_write_a_distinct_next_value() {
+    // Linearizability of the counter: the 120 successful increments wrote
+    // 1 to 120, each exactly once, whatever their interleaving.
+    let fake = Fake::start(3, 0, None).await;
+    let shared = Arc::new(counter(&fake, CounterOperation::Increment));
+    let tasks: Vec<_> = (0..6)
+        .map(|client| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                for _ in 0..20 {
+                    done.push(shared.increment(client, 3).await.expect("no call fails"));
+                }
+                done
+            })
+        })
+        .collect();
+    let mut done: Vec<Incremented> = Vec::new();
+    for task in tasks {
+        done.extend(task.await.expect("no task panics"));
+    }
+    let mut values: Vec<i64> = done.iter().map(|done| done.value).collect();
+    values.sort_unstable();
+    assert_eq!(values, (1..=120).collect::<Vec<i64>>());
+    let retries: u64 = done.iter().map(|done| done.failed_compares).sum();
+    assert_eq!(fake.total(|s| &s.txns), 120 + retries);
+    assert_eq!(stored(&fake, 3).as_deref(), Some(b"120".as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_increment_retries_from_what_its_failed_compare_read() {
+    // Two counters with caches of their own, as two bench processes.
+    let fake = Fake::start(1, 0, None).await;
+    let a = counter(&fake, CounterOperation::Increment);
+    let b = counter(&fake, CounterOperation::Increment);
+    let check = |done: Result<Incremented, _>, value, failed_compares| {
+        assert_eq!(
+            done,
+            Ok(Incremented {
+                value,
+                failed_compares
+            })
+        );
+    };
+    // The key is absent: mod revision 0, value 0.
+    check(a.increment(0, 0).await, 1, 0);
+    // b expected it absent; its failed compare read 1 at revision 1.
+    check(b.increment(0, 0).await, 2, 1);
+    // a last saw revision 1: one retry, then the cache is current.
+    check(a.increment(0, 0).await, 3, 1);
+    check(a.increment(0, 0).await, 4, 0);
+    // A started counter reads the values before its run: no retry.
+    let channels =
+        EtcdChannels::connect(&fake.endpoints, 1, Duration::from_secs(1)).expect("valid endpoints");
+    let started = EtcdCounter::start(
+        channels,
+        CounterOperation::Increment,
+        Duration::from_secs(5),
+        1,
+    )
+    .await
+    .expect("the counters are read");
+    check(started.increment(0, 0).await, 5, 0);
+    assert_eq!(stored(&fake, 0).as_deref(), Some(b"5".as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_key_that_is_not_a_number_is_an_error_not_a_panic() {
+    let fake = Fake::start(2, 0, None).await;
+    fake.cluster.data().put(&counter_key(0), b"not a number");
+    for workload in [WorkloadName::CounterIncr, WorkloadName::CounterGet] {
+        let report = run_at(&args(workload, 2, 10, 1), &fake, Level::Linearizable).await;
+        assert_eq!((report.ops, report.errors), (0, 10), "{report:?}");
+        let refused = &report.errors_by_code["FAILED_PRECONDITION"];
+        assert_eq!(refused.count, 10);
+        assert!(
+            refused.first_message.contains("bench/etcd/counter/0")
+                && refused.first_message.contains("not a decimal i64"),
+            "{}",
+            refused.first_message
+        );
+    }
+    // Nothing overwrote the foreign value.
+    assert_eq!(
+        stored(&fake, 0).as_deref(),
+        Some(b"not a number".as_slice())
+    );
+    // A counter at the top of i64 is refused too, not wrapped.
+    fake.cluster
+        .data()
+        .put(&counter_key(1), i64::MAX.to_string().as_bytes());
+    let error = counter(&fake, CounterOperation::Increment)
+        .increment(0, 1)
+        .await
+        .expect_err("no room above i64::MAX");
+    assert!(error.message.contains("i64::MAX"), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_at_other_levels_do_not_touch_the_etcd_keyspace() {
+    // At quorum the counter is calm's CRDT, which an etcd endpoint does
+    // not serve: every operation fails, and no etcd request was sent.
+    let fake = Fake::start(1, 0, None).await;
+    let report = run_at(
+        &args(WorkloadName::CounterIncr, 2, 10, 1),
+        &fake,
+        Level::Quorum,
+    )
+    .await;
+    assert_eq!((report.ops, report.errors), (0, 10));
+    assert_eq!(report.level, "quorum");
+    assert_eq!(fake.total(|s| &s.txns) + fake.total(|s| &s.ranges), 0);
 }
