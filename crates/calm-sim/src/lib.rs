@@ -35,6 +35,9 @@
 //! floor). A write answered `WriteInDoubt` stays in doubt in the clients'
 //! ledger, since it may have landed.
 //!
+//! [`usl`] measures the `local` level's throughput at K nodes in virtual
+//! time under an explicit cost model, for `calm bench usl --sim`.
+//!
 //! # A tour
 //!
 //! Three nodes; node 3 is cut off while clients write, then the partition
@@ -85,6 +88,7 @@ mod network;
 mod quorum;
 pub mod raft;
 mod sim;
+pub mod usl;
 pub mod watch;
 
 pub use check::Violation;
