@@ -29,6 +29,7 @@
 //! for what is a 3×3 linear solve.
 
 mod nodes;
+mod sim;
 mod sweep;
 #[cfg(test)]
 mod tests;

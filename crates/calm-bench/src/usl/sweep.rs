@@ -11,6 +11,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::nodes::usl_node_sweep;
+use super::sim::{SimArgs, run_usl_sim};
 use super::{MODEL, Point, UslFit, fit};
 use crate::args::{BenchArgs, KeyDist, parse_duration};
 use crate::error::BenchError;
@@ -33,8 +34,13 @@ pub const STEPS_MAX: usize = 64;
 /// N* = √((1−σ)/κ), and with `--svg` plots the points and the curve.
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct UslArgs {
-    /// The operation to send.
-    #[arg(long, value_enum)]
+    /// The operation to send (with `--sim`, counter-incr, the default).
+    #[arg(
+        long,
+        value_enum,
+        required_unless_present = "sim",
+        default_value_t = WorkloadName::CounterIncr
+    )]
     pub workload: WorkloadName,
     /// The concurrencies to measure, comma-separated; at least three
     /// distinct ones for a fit.
@@ -76,6 +82,9 @@ pub struct UslArgs {
     /// Write the plot of the points and the fitted curve here.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// The simulator: `--sim` and its settings.
+    #[command(flatten)]
+    pub sim: SimArgs,
 }
 
 impl UslArgs {
@@ -211,6 +220,9 @@ pub async fn usl_sweep(
 /// stdout, the plot to `--svg`. Exit status 1 when the sweep cannot run,
 /// the points cannot be fitted or the plot cannot be written.
 pub fn run_usl(args: UslArgs, target: Target, format: Format) -> ExitCode {
+    if args.sim.sim {
+        return run_usl_sim(&args, format);
+    }
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,10 +1,15 @@
 //! The fit recovers known coefficients, with and without noise, and
-//! refuses what it cannot fit with a typed error.
+//! refuses what it cannot fit with a typed error; on the simulator's
+//! sweep it finds no crosstalk in the real replication and finds the
+//! crosstalk planted on top of it.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::sim::{SimArgs, SimCrosstalk, SimUslReport, render_sim_table, usl_sim_sweep};
 use super::*;
+use crate::error::BenchError;
+use crate::workload::WorkloadName;
 
 const SWEEP: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
@@ -162,4 +167,88 @@ fn inputs_that_cannot_be_fitted_are_typed_errors() {
     let superlinear: Vec<Point> = SWEEP.iter().map(|&n| point(n, n * n)).collect();
     let fitted = fit(&superlinear).expect("linear scaling is a fit");
     assert_eq!((fitted.sigma, fitted.kappa), (0.0, 0.0));
+}
+
+/// `calm bench usl --sim` with `flags` after it, parsed as the CLI does.
+fn usl_args(flags: &[&str]) -> Result<UslArgs, clap::Error> {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        usl: UslArgs,
+    }
+    let argv = std::iter::once("usl").chain(flags.iter().copied());
+    <Cli as clap::Parser>::try_parse_from(argv).map(|cli| cli.usl)
+}
+
+/// A short simulated sweep over `nodes`: small enough for test builds.
+fn sim_sweep(nodes: &str, crosstalk: &str) -> SimUslReport {
+    let flags = [
+        "--sim",
+        "--nodes",
+        nodes,
+        "--sim-crosstalk",
+        crosstalk,
+        "--sim-duration",
+        "30ms",
+        "--sim-warmup",
+        "10ms",
+        "--sim-clients-per-node",
+        "24",
+    ];
+    let args = usl_args(&flags).expect("the flags parse");
+    usl_sim_sweep(&args, &indicatif::ProgressBar::hidden()).expect("the sweep runs")
+}
+
+#[test]
+fn sim_flags_need_no_workload_and_the_cluster_sweep_still_does() {
+    let args = usl_args(&["--sim", "--nodes", "3,6,12"]).expect("--sim alone parses");
+    assert!(args.sim.sim);
+    assert_eq!(args.workload, WorkloadName::CounterIncr);
+    assert_eq!(args.sim.sim_crosstalk, SimCrosstalk::None);
+    assert_eq!(
+        (args.sim.sim_duration, args.sim.sim_warmup),
+        (
+            SimArgs::default().sim_duration,
+            SimArgs::default().sim_warmup
+        )
+    );
+    let refused = usl_args(&["--clients", "1,2,4"]).expect_err("no workload, no --sim");
+    assert_eq!(
+        refused.kind(),
+        clap::error::ErrorKind::MissingRequiredArgument
+    );
+    // The simulator runs increments only: another workload is refused,
+    // not silently replaced.
+    let args = usl_args(&["--sim", "--workload", "counter-get"]).expect("it parses");
+    let refused = usl_sim_sweep(&args, &indicatif::ProgressBar::hidden());
+    assert!(matches!(refused, Err(BenchError::InvalidPlan(_))));
+}
+
+#[test]
+fn the_simulated_sweep_fits_no_crosstalk_in_the_real_replication() {
+    // DESIGN §5: the local level's κ fits ≤ 1e-4 up to the node counts
+    // the simulator runs.
+    let report = sim_sweep("3,6,12,24,48", "none");
+    let fit = report.usl.outcome().expect("a fit");
+    assert!(fit.kappa <= 1e-4, "{fit:?}");
+    assert_eq!(report.usl.n_is, "nodes");
+    let ns: Vec<usize> = report.usl.steps.iter().map(|step| step.n).collect();
+    assert_eq!(ns, [3, 6, 12, 24, 48]);
+    assert!(report.points.iter().all(|point| point.errors == 0));
+    let table = render_sim_table(&report);
+    assert!(
+        table.contains("κ = ") && table.contains("cost model: "),
+        "{table}"
+    );
+}
+
+#[test]
+fn the_simulated_sweep_finds_planted_crosstalk() {
+    // Every write copied to all K nodes as a K-entry state: work per
+    // write grows as K², which the fit must name as κ, with a peak.
+    let report = sim_sweep("3,6,12,24,48", "full-state");
+    let fit = report.usl.outcome().expect("a fit");
+    assert!(fit.kappa > 1e-4, "{fit:?}");
+    let peak = report.usl.peak_n.expect("κ > 0 peaks");
+    assert!((6.0..=48.0).contains(&peak), "N* = {peak}");
 }

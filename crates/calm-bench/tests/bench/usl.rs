@@ -105,6 +105,7 @@ fn usl_args(clients: &[usize], duration: Duration) -> UslArgs {
         conns: None,
         nodes: Vec::new(),
         svg: None,
+        sim: Default::default(),
     }
 }
 
