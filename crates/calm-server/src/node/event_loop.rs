@@ -106,6 +106,10 @@ pub(super) struct Core {
     /// Set once a peer's ring gossip arrived: the node may then join.
     heard_gossip: bool,
     active: bool,
+    /// Set while SWIM sees every other member down (foca is idle): no one
+    /// probes this node any more and it probes no one, so it says hello to
+    /// its seeds again until a member answers.
+    isolated: bool,
     /// Where each member's peer transport listens, from SWIM.
     peer_addrs: HashMap<NodeId, SocketAddr>,
     states: BTreeMap<NodeId, MemberState>,
@@ -185,6 +189,7 @@ impl Core {
             gossip,
             heard_gossip: false,
             active: false,
+            isolated: false,
             peer_addrs: HashMap::new(),
             states: BTreeMap::new(),
             timers: BTreeMap::new(),
@@ -721,6 +726,7 @@ impl Core {
         tracing::info!(?event, "membership");
         match event {
             LocalEvent::Active | LocalEvent::Rejoined { .. } => {
+                self.isolated = false;
                 if !self.active {
                     self.active = true;
                     for &seed in &self.options.seeds {
@@ -728,12 +734,24 @@ impl Core {
                     }
                 }
             }
+            // After a partition long enough for both sides to declare each
+            // other down, nothing would ever bring them together again: the
+            // isolated side greets its seeds until one answers (a seed that
+            // declared it down tells it so, and it rejoins with a new
+            // generation). It keeps serving the local level meanwhile.
+            LocalEvent::Idle if self.active && !self.isolated => {
+                self.isolated = true;
+                // A node not yet in the ring still has its retries armed.
+                if self.gossip.log.is_member(self.me) {
+                    self.arm(JOIN_RETRY_MS, Due::JoinRetry);
+                }
+            }
             LocalEvent::Idle | LocalEvent::Defunct => {}
         }
     }
 
     fn join_retry(&mut self) {
-        if !self.active {
+        if !self.active || self.isolated {
             let seeds = self.options.seeds.clone();
             if let Err(error) = self.membership.join_addresses(&seeds) {
                 tracing::warn!(%error, "could not repeat the hellos");
@@ -741,7 +759,7 @@ impl Core {
             self.drain_membership();
         }
         self.maybe_join_ring();
-        if !self.active || !self.gossip.log.is_member(self.me) {
+        if !self.active || self.isolated || !self.gossip.log.is_member(self.me) {
             self.arm(JOIN_RETRY_MS, Due::JoinRetry);
         }
     }
