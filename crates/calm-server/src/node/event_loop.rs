@@ -49,6 +49,12 @@ const GOSSIP_MS: u64 = 1000;
 const GOSSIP_FANOUT: usize = 3;
 /// How often a node not yet in the cluster repeats its hellos.
 const JOIN_RETRY_MS: u64 = 1000;
+/// How often a node greets the members it sees dead, as Serf reconnects to
+/// failed members: after a partition long enough for both sides to declare
+/// each other dead, no probe crosses it any more, and this is what brings
+/// the sides together (a member that declared the greeter dead tells it
+/// so, and it rejoins with a new generation).
+const RECONNECT_MS: u64 = 5000;
 /// How long a node with seeds waits to learn a ring before founding one
 /// with whoever it has met (every node of a new cluster lists the others).
 const BOOTSTRAP_WAIT_MS: u64 = 5000;
@@ -66,6 +72,7 @@ enum Due {
     Tick,
     Gossip,
     JoinRetry,
+    Reconnect,
     AntiEntropy,
     RaftTick,
 }
@@ -262,6 +269,7 @@ impl Core {
         self.drain_membership();
         self.arm(TICK_MS, Due::Tick);
         self.arm(0, Due::Gossip);
+        self.arm(RECONNECT_MS, Due::Reconnect);
         if !seeds.is_empty() {
             self.arm(JOIN_RETRY_MS, Due::JoinRetry);
         }
@@ -407,6 +415,10 @@ impl Core {
                     self.arm(GOSSIP_MS, Due::Gossip);
                 }
                 Due::JoinRetry => self.join_retry(),
+                Due::Reconnect => {
+                    self.reconnect();
+                    self.arm(RECONNECT_MS, Due::Reconnect);
+                }
                 Due::AntiEntropy => {
                     self.anti_entropy_round();
                     let next = self.jitter(self.options.anti_entropy_interval_ms);
@@ -762,6 +774,24 @@ impl Core {
         if !self.active || self.isolated || !self.gossip.log.is_member(self.me) {
             self.arm(JOIN_RETRY_MS, Due::JoinRetry);
         }
+    }
+
+    /// Greets every member seen dead at its last known address (one
+    /// small datagram each); a member that left is not greeted.
+    fn reconnect(&mut self) {
+        let dead: Vec<SocketAddr> = self
+            .states
+            .iter()
+            .filter(|(_, state)| **state == MemberState::Down)
+            .filter_map(|(node, _)| self.peer_addrs.get(node).copied())
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        if let Err(error) = self.membership.join_addresses(&dead) {
+            tracing::debug!(%error, "could not greet the dead members");
+        }
+        self.drain_membership();
     }
 
     // ---- Ring ----

@@ -169,3 +169,58 @@ async fn sigterm_stops_a_node_cleanly_and_the_others_see_it_leave() {
     converge(&cluster, &[0, 1], "kept", 7, 0).await;
     assert!(cluster.data_dir(2).exists());
 }
+
+/// Whether node `index` sees every node in `others` in `state`.
+async fn sees(
+    cluster: &Cluster,
+    index: usize,
+    others: &[u64],
+    state: calm_client::MemberState,
+) -> bool {
+    cluster.client(index).members().await.is_ok_and(|members| {
+        others.iter().all(|&node| {
+            members
+                .iter()
+                .any(|m| m.node_id == node && m.state == state)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_cut_off_until_declared_dead_rejoins_after_the_heal() {
+    use calm_client::MemberState::{Alive, Dead};
+    // Node 1 founded the cluster and has no seeds: after a partition long
+    // enough for each side to declare the other dead, neither side probes
+    // the other any more, and only a reconnect attempt re-forms the
+    // cluster.
+    let cluster = Cluster::start(3).await;
+    cluster.links.partition(&[1], &[2, 3]);
+    let apart = eventually(Duration::from_secs(30), async || {
+        sees(&cluster, 0, &[2, 3], Dead).await && sees(&cluster, 1, &[1], Dead).await
+    })
+    .await;
+    assert!(
+        apart,
+        "each side declares the other dead\n{}",
+        cluster.logs()
+    );
+    cluster.links.heal();
+    let together = eventually(Duration::from_secs(40), async || {
+        sees(&cluster, 0, &[2, 3], Alive).await
+            && sees(&cluster, 1, &[1, 3], Alive).await
+            && sees(&cluster, 2, &[1, 2], Alive).await
+    })
+    .await;
+    assert!(
+        together,
+        "the cluster re-forms after the heal\n{}",
+        cluster.logs()
+    );
+    // And data flows again: a write through node 1 reaches node 3.
+    cluster
+        .client(0)
+        .counter_increment("rejoined", 3)
+        .await
+        .unwrap();
+    converge(&cluster, &[0, 1, 2], "rejoined", 3, 0).await;
+}
