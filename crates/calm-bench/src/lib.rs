@@ -257,7 +257,8 @@ pub async fn bench(
         before,
         tax::snapshot(&target.endpoints, connect_timeout).await,
     ) {
-        report.tax = tax::tax(&before, &after, &report.level);
+        let channel = tax::channel_of(args.workload, &report.level);
+        report.tax = tax::tax(&before, &after, &report.level, channel);
     }
     Ok(report)
 }

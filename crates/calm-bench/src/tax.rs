@@ -33,6 +33,8 @@ use calm_proto::calm::v1::cluster_client::ClusterClient;
 use serde::Serialize;
 use tonic::transport::Endpoint;
 
+use crate::WorkloadName;
+
 /// The tax of one run at one level.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Tax {
@@ -103,21 +105,27 @@ async fn node_counters(endpoint: &str, timeout: Duration) -> Option<NodeCounters
     })
 }
 
-/// The peer channel a level's requests travel on; `None` for levels that
-/// send nothing on the request's path.
-pub fn channel_of(level: &str) -> Option<&'static str> {
-    match level {
-        "local" => Some("replication"),
-        "one" | "quorum" | "all" => Some("kv"),
-        "linearizable" => Some("raft"),
+/// The peer channel `workload`'s requests at `level` travel on: the CRDT
+/// replicas' at every leaderless level, the `Kv` service's own, Raft's for
+/// everything linearizable; `None` for reads that send nothing
+/// (serializable).
+pub fn channel_of(workload: WorkloadName, level: &str) -> Option<&'static str> {
+    match (workload, level) {
+        (_, "linearizable") => Some("raft"),
+        (WorkloadName::KvPut | WorkloadName::KvGet, "one" | "quorum" | "all") => Some("kv"),
+        (
+            WorkloadName::CounterIncr | WorkloadName::CounterGet,
+            "local" | "one" | "quorum" | "all",
+        ) => Some("replication"),
         _ => None,
     }
 }
 
-/// The tax at `level` between two snapshots of the same endpoints; `None`
-/// if the nodes coordinated no request at that level in between, or the
-/// snapshots do not match.
-pub fn tax(before: &Snapshot, after: &Snapshot, level: &str) -> Option<Tax> {
+/// The tax at `level` between two snapshots of the same endpoints, counting
+/// the messages sent on `channel` (see [`channel_of`]); `None` if the nodes
+/// coordinated no request at that level in between, or the snapshots do
+/// not match.
+pub fn tax(before: &Snapshot, after: &Snapshot, level: &str, channel: Option<&str>) -> Option<Tax> {
     if before.0.len() != after.0.len() {
         return None;
     }
@@ -129,7 +137,7 @@ pub fn tax(before: &Snapshot, after: &Snapshot, level: &str) -> Option<Tax> {
         requests += requests_is.saturating_sub(requests_was);
         round_trips += round_trips_is.saturating_sub(round_trips_was);
         fsyncs += is.fsyncs.saturating_sub(was.fsyncs);
-        if let Some(channel) = channel_of(level) {
+        if let Some(channel) = channel {
             let sent = |node: &NodeCounters| node.messages.get(channel).copied().unwrap_or(0);
             messages += sent(is).saturating_sub(sent(was));
         }
@@ -172,7 +180,7 @@ mod tests {
             node("quorum", 70, 70, 205, 350),
             node("quorum", 40, 40, 107, 100),
         ]);
-        let tax = tax(&before, &after, "quorum").expect("requests were coordinated");
+        let tax = tax(&before, &after, "quorum", Some("kv")).expect("requests were coordinated");
         assert_eq!(tax.requests, 100);
         assert_eq!(tax.rtts_per_op, 1.0);
         assert_eq!(tax.msgs_per_op, 4.0);
@@ -183,9 +191,12 @@ mod tests {
     fn a_level_without_requests_or_mismatched_snapshots_has_no_tax() {
         let before = Snapshot(vec![node("quorum", 10, 10, 5, 50)]);
         let after = Snapshot(vec![node("quorum", 10, 10, 9, 60)]);
-        assert_eq!(tax(&before, &after, "quorum"), None);
-        assert_eq!(tax(&before, &after, "local"), None);
-        assert_eq!(tax(&before, &Snapshot::default(), "quorum"), None);
+        assert_eq!(tax(&before, &after, "quorum", Some("kv")), None);
+        assert_eq!(tax(&before, &after, "local", Some("replication")), None);
+        assert_eq!(
+            tax(&before, &Snapshot::default(), "quorum", Some("kv")),
+            None
+        );
     }
 
     #[test]
@@ -197,7 +208,25 @@ mod tests {
         };
         let before = Snapshot(vec![counters(0, 0)]);
         let after = Snapshot(vec![counters(50, 500)]);
-        let tax = tax(&before, &after, "serializable").expect("reads were served");
+        let channel = channel_of(WorkloadName::EtcdRange, "serializable");
+        let tax = tax(&before, &after, "serializable", channel).expect("reads were served");
         assert_eq!((tax.msgs_per_op, tax.rtts_per_op), (0.0, 0.0));
+    }
+
+    #[test]
+    fn each_workload_counts_the_channel_its_level_uses() {
+        use WorkloadName::*;
+        // The CRDT counter travels on the replicas' channel at every
+        // leaderless level, the Kv service on its own.
+        for level in ["one", "quorum", "all"] {
+            assert_eq!(channel_of(CounterIncr, level), Some("replication"));
+            assert_eq!(channel_of(CounterGet, level), Some("replication"));
+            assert_eq!(channel_of(KvPut, level), Some("kv"));
+        }
+        assert_eq!(channel_of(CounterIncr, "local"), Some("replication"));
+        for workload in [CounterIncr, CounterGet, EtcdPut, EtcdTxn] {
+            assert_eq!(channel_of(workload, "linearizable"), Some("raft"));
+        }
+        assert_eq!(channel_of(EtcdRange, "serializable"), None);
     }
 }
